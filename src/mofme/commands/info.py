@@ -1,0 +1,74 @@
+"""``mofme info``: config, parameters, GFLOPs and routing of a checkpoint or preset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mofme.commands.common import add_device_argument, add_model_arguments, parse_size, resolve_device
+
+HELP = "show a model's config, parameters (total, per part, active per token), GFLOPs and routing"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p, "default: --preset paper")
+    p.add_argument("--size", default="240x240", help="input size HxW for GFLOPs (default 240x240)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_device_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mofme.commands.common import load_model
+    from mofme.model.analysis import active_params_per_token, count_flops, param_counts
+
+    if not args.ckpt and not args.preset:
+        args.preset = "paper"
+    device = resolve_device(args.device)
+    model = load_model(args, device)
+    size = parse_size(args.size)
+    cfg = model.cfg
+    counts = param_counts(model)
+    rep = count_flops(model, size)
+    dense_rep = None
+    if cfg.routing.selection != "dense":
+        with model.routing("dense"):
+            dense_rep = count_flops(model, size)
+    active = active_params_per_token(model, rep.mean_active_experts)
+    info = {
+        "source": args.ckpt or f"preset {args.preset} (untrained)",
+        "step": getattr(model, "step", None),
+        "config": cfg.to_dict(),
+        "params": counts,
+        "active_params_per_token": active,
+        "routing": cfg.routing.describe(),
+        "router": cfg.router,
+        "size": list(size),
+        "gflops": rep.total / 1e9,
+        "gflops_parts": {k: v / 1e9 for k, v in rep.parts.items()},
+        "mean_active_experts": rep.mean_active_experts,
+        "gflops_dense": dense_rep.total / 1e9 if dense_rep else rep.total / 1e9,
+        "gflops_parts_dense": {k: v / 1e9 for k, v in (dense_rep or rep).parts.items()},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    c = cfg
+    print(f"model      {info['source']}" + (f" (step {info['step']})" if info["step"] else ""))
+    print(
+        f"arch       dim={c.dim} depth={c.depth} experts={c.num_experts} patch={c.patch} "
+        f"heads={c.heads}x{c.head_dim} in_channels={c.in_channels} global_residual={c.global_residual}"
+    )
+    print(f"routing    router={c.router} selection={info['routing']} experts={c.expert_impl}")
+    print(f"params     {counts['total']:,} ({counts['total'] / 1e6:.2f} M)")
+    for k, v in counts.items():
+        if k != "total":
+            print(f"  {k:<10} {v:>12,}  {100 * v / counts['total']:5.1f} %")
+    print(f"active     {active / 1e6:.2f} M params per token "
+          f"(mean {rep.mean_active_experts:.2f} of {c.num_experts} experts)")
+    h, w = size
+    print(f"GFLOPs     {info['gflops']:.2f} at {h}x{w} ({info['routing']}); "
+          f"{info['gflops_dense']:.2f} with dense experts")
+    print(f"  {'part':<10} {'routed':>9} {'dense':>9}")
+    for k in rep.parts:
+        print(f"  {k:<10} {info['gflops_parts'][k]:9.3f} {info['gflops_parts_dense'][k]:9.3f}")
+    return 0

@@ -1,0 +1,157 @@
+"""Model configuration and the preset registry.
+
+A ``ModelConfig`` fully describes a network: checkpoints store it as JSON so that a file
+alone rebuilds its model. Presets are plain named configs; every field can be overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mofme.errors import MofmeError
+
+ROUTERS = ("linear", "uar")
+SELECTIONS = ("topk", "topp", "dense")
+EXPERT_IMPLS = ("sparse", "dense")
+
+
+@dataclass
+class RoutingConfig:
+    """How router logits become sparse expert weights (switchable at run time)."""
+
+    selection: str = "topk"  # topk | topp | dense
+    k: int = 4  # topk: experts kept per token
+    p: float = 0.6  # topp: keep the shortest prefix of sorted weights whose sum exceeds p
+    k_min: int = 1  # topp: at least this many experts
+    k_max: int | None = None  # topp: at most this many (None = all E)
+
+    def validate(self, num_experts: int) -> None:
+        if self.selection not in SELECTIONS:
+            raise MofmeError(f"unknown routing selection {self.selection!r}; use one of {SELECTIONS}")
+        if self.selection == "topk" and not 1 <= self.k <= num_experts:
+            raise MofmeError(f"top-k routing needs 1 <= k <= {num_experts}, got k={self.k}")
+        if self.selection == "topp":
+            if not 0.0 <= self.p <= 1.0:
+                raise MofmeError(f"top-p routing needs 0 <= p <= 1, got p={self.p}")
+            k_max = num_experts if self.k_max is None else self.k_max
+            if not 1 <= self.k_min <= k_max <= num_experts:
+                raise MofmeError(
+                    f"top-p routing needs 1 <= k_min <= k_max <= {num_experts}, "
+                    f"got k_min={self.k_min}, k_max={self.k_max}"
+                )
+
+    def describe(self) -> str:
+        if self.selection == "topk":
+            return f"topk:{self.k}"
+        if self.selection == "topp":
+            extra = "" if (self.k_min == 1 and self.k_max is None) else f" (k in [{self.k_min}, {self.k_max or 'E'}])"
+            return f"topp:{self.p:g}{extra}"
+        return "dense"
+
+
+def parse_routing(spec: str) -> RoutingConfig:
+    """Parse ``topk:4``, ``topp:0.6``, ``topp:0.6:1:4`` (p, k_min, k_max) or ``dense``."""
+    parts = spec.strip().lower().split(":")
+    try:
+        if parts[0] == "dense" and len(parts) == 1:
+            return RoutingConfig(selection="dense")
+        if parts[0] == "topk" and len(parts) == 2:
+            return RoutingConfig(selection="topk", k=int(parts[1]))
+        if parts[0] == "topp" and 2 <= len(parts) <= 4:
+            k_min = int(parts[2]) if len(parts) > 2 else 1
+            k_max = int(parts[3]) if len(parts) > 3 else None
+            return RoutingConfig(selection="topp", p=float(parts[1]), k_min=k_min, k_max=k_max)
+    except ValueError:
+        pass
+    raise MofmeError(f"bad routing {spec!r}: use topk:K, topp:P[:KMIN[:KMAX]] or dense")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of ``MoFMENet`` (SPEC §1-3)."""
+
+    in_channels: int = 3  # 3 = image model, 6 = video model (frame ‖ previous restored frame)
+    out_channels: int = 3
+    dim: int = 384
+    depth: int = 2
+    num_experts: int = 16
+    patch: int = 8
+    heads: int = 8
+    head_dim: int = 64
+    head_channels: int = 32  # conv head width
+    unpatch_channels: int = 128
+    ffn_mult: int = 4
+    dropout: float = 0.0  # FFN-adaptor dropout
+    router: str = "linear"  # linear | uar
+    uar_samples: int = 8  # S Monte-Carlo dropout passes of the UaR router
+    uar_dropout: float = 0.2
+    uar_tau: float = 10.0  # initial temperature of the UaR router (learned)
+    expert_impl: str = "sparse"  # sparse (gather/scatter) | dense (reference)
+    global_residual: bool = False
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+
+    def validate(self) -> None:
+        if self.router not in ROUTERS:
+            raise MofmeError(f"unknown router {self.router!r}; use one of {ROUTERS}")
+        if self.expert_impl not in EXPERT_IMPLS:
+            raise MofmeError(f"unknown expert_impl {self.expert_impl!r}; use one of {EXPERT_IMPLS}")
+        for name in ("in_channels", "out_channels", "dim", "depth", "num_experts", "patch", "heads",
+                     "head_dim", "head_channels", "unpatch_channels", "ffn_mult", "uar_samples"):
+            if getattr(self, name) < 1:
+                raise MofmeError(f"model config: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.uar_dropout < 1.0:
+            raise MofmeError(f"model config: uar_dropout must be in [0, 1), got {self.uar_dropout}")
+        self.routing.validate(self.num_experts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise MofmeError(f"unknown model config keys: {', '.join(unknown)}")
+        routing = d.pop("routing", {})
+        if isinstance(routing, dict):
+            r_known = {f.name for f in dataclasses.fields(RoutingConfig)}
+            r_unknown = sorted(set(routing) - r_known)
+            if r_unknown:
+                raise MofmeError(f"unknown routing config keys: {', '.join(r_unknown)}")
+            routing = RoutingConfig(**routing)
+        cfg = cls(**d, routing=routing)
+        cfg.validate()
+        return cfg
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's model (MoFME, AAAI 2024, Allweather).
+    "paper": dict(dim=384, depth=2, num_experts=16, patch=8, routing=dict(selection="topk", k=4)),
+    # CPU-trainable.
+    "small": dict(dim=192, depth=2, num_experts=16, patch=8, routing=dict(selection="topk", k=4)),
+    # Tests and the bundled demo weights.
+    "tiny": dict(dim=64, depth=2, num_experts=8, patch=8, routing=dict(selection="topk", k=2)),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
+    """Build a preset config; ``overrides`` replace fields (``routing`` may be a dict or spec)."""
+    if name not in PRESETS:
+        raise MofmeError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    d: dict[str, Any] = json.loads(json.dumps(PRESETS[name]))
+    routing = overrides.pop("routing", None)
+    d.update(overrides)
+    if isinstance(routing, str):
+        d["routing"] = dataclasses.asdict(parse_routing(routing))
+    elif isinstance(routing, RoutingConfig):
+        d["routing"] = dataclasses.asdict(routing)
+    elif isinstance(routing, dict):
+        d["routing"] = {**d.get("routing", {}), **routing}
+    return ModelConfig.from_dict(d)
