@@ -39,7 +39,9 @@ def atomic_write(path: str | Path, write: Any) -> None:
         raise
 
 
-def save(model: MoFMENet, path: str | Path, step: int = 0, extra: dict[str, Any] | None = None) -> None:
+def save(
+    model: MoFMENet, path: str | Path, step: int = 0, extra: dict[str, Any] | None = None
+) -> None:
     """Write the weights and config of ``model`` to ``path`` (``.safetensors``)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {
@@ -63,7 +65,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as e:
         raise MofmeError(f"{path} is not a readable .safetensors checkpoint ({e})") from None
     if meta.get("format") != FORMAT or "config" not in meta:
-        raise MofmeError(f"{path} is a safetensors file but not a mofme checkpoint (no model config)")
+        raise MofmeError(
+            f"{path} is a safetensors file but not a mofme checkpoint (no model config)"
+        )
     try:
         cfg = ModelConfig.from_dict(json.loads(meta["config"]))
     except (json.JSONDecodeError, TypeError) as e:
@@ -115,7 +119,9 @@ def _load_tensors(model: MoFMENet, tensors: dict[str, torch.Tensor], path: Path)
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
         if bad_shape:
             k = bad_shape[0]
-            parts.append(f"shape mismatch for {k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}")
+            parts.append(
+                f"shape mismatch for {k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+            )
         raise MofmeError(f"checkpoint {path} does not match its model config: {'; '.join(parts)}")
     model.load_state_dict(tensors, strict=True)
 

@@ -10,7 +10,9 @@ from mofme.errors import MofmeError
 
 def add_device_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ..."
+        "--device",
+        default="auto",
+        help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...",
     )
 
 
@@ -43,8 +45,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_model_arguments(p: argparse.ArgumentParser, default_help: str) -> None:
     """``CKPT`` positional (optional) plus ``--preset`` for an untrained model."""
-    p.add_argument("ckpt", nargs="?", default=None, help=f"checkpoint (.safetensors); {default_help}")
-    p.add_argument("--preset", default=None, help="use an untrained preset (paper, small, tiny) instead")
+    p.add_argument(
+        "ckpt", nargs="?", default=None, help=f"checkpoint (.safetensors); {default_help}"
+    )
+    p.add_argument(
+        "--preset", default=None, help="use an untrained preset (paper, small, tiny) instead"
+    )
     p.add_argument(
         "--routing", default=None, help="expert selection: topk:K, topp:P[:KMIN[:KMAX]] or dense"
     )

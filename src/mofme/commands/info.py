@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from mofme.commands.common import add_device_argument, add_model_arguments, parse_size, resolve_device
+from mofme.commands.common import (
+    add_device_argument,
+    add_model_arguments,
+    parse_size,
+    resolve_device,
+)
 
 HELP = "show a model's config, parameters (total, per part, active per token), GFLOPs and routing"
 
@@ -63,11 +68,15 @@ def run(args: argparse.Namespace) -> int:
     for k, v in counts.items():
         if k != "total":
             print(f"  {k:<10} {v:>12,}  {100 * v / counts['total']:5.1f} %")
-    print(f"active     {active / 1e6:.2f} M params per token "
-          f"(mean {rep.mean_active_experts:.2f} of {c.num_experts} experts)")
+    print(
+        f"active     {active / 1e6:.2f} M params per token "
+        f"(mean {rep.mean_active_experts:.2f} of {c.num_experts} experts)"
+    )
     h, w = size
-    print(f"GFLOPs     {info['gflops']:.2f} at {h}x{w} ({info['routing']}); "
-          f"{info['gflops_dense']:.2f} with dense experts")
+    print(
+        f"GFLOPs     {info['gflops']:.2f} at {h}x{w} ({info['routing']}); "
+        f"{info['gflops_dense']:.2f} with dense experts"
+    )
     print(f"  {'part':<10} {'routed':>9} {'dense':>9}")
     for k in rep.parts:
         print(f"  {k:<10} {info['gflops_parts'][k]:9.3f} {info['gflops_parts_dense'][k]:9.3f}")

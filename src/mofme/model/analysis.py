@@ -27,7 +27,9 @@ def _part_of(name: str) -> str:
         return "unpatch"
     if name.startswith("tail."):
         return "tail"
-    if ".attn." in name or (name.startswith("blocks.") and ".norm." in name and ".fme." not in name):
+    if ".attn." in name or (
+        name.startswith("blocks.") and ".norm." in name and ".fme." not in name
+    ):
         return "attention"
     if ".fme.router." in name:
         return "router"
@@ -60,11 +62,15 @@ def active_params_per_token(model: MoFMENet, mean_active_experts: float | None =
 @dataclass
 class FlopReport:
     total: float  # FLOPs of one forward pass
-    parts: dict[str, float]  # head / encoder (attention+fme_base+router+ffn) / experts / unpatch / tail
+    parts: dict[
+        str, float
+    ]  # head / encoder (attention+fme_base+router+ffn) / experts / unpatch / tail
     mean_active_experts: float
 
 
-def count_flops(model: MoFMENet, size_hw: tuple[int, int], batch: int = 1, seed: int = 0) -> FlopReport:
+def count_flops(
+    model: MoFMENet, size_hw: tuple[int, int], batch: int = 1, seed: int = 0
+) -> FlopReport:
     """FLOPs of one forward pass at ``size_hw`` on a random input (routing as configured)."""
     h, w = size_hw
     gen = torch.Generator().manual_seed(seed)

@@ -30,7 +30,9 @@ class RoutingConfig:
 
     def validate(self, num_experts: int) -> None:
         if self.selection not in SELECTIONS:
-            raise MofmeError(f"unknown routing selection {self.selection!r}; use one of {SELECTIONS}")
+            raise MofmeError(
+                f"unknown routing selection {self.selection!r}; use one of {SELECTIONS}"
+            )
         if self.selection == "topk" and not 1 <= self.k <= num_experts:
             raise MofmeError(f"top-k routing needs 1 <= k <= {num_experts}, got k={self.k}")
         if self.selection == "topp":
@@ -47,7 +49,11 @@ class RoutingConfig:
         if self.selection == "topk":
             return f"topk:{self.k}"
         if self.selection == "topp":
-            extra = "" if (self.k_min == 1 and self.k_max is None) else f" (k in [{self.k_min}, {self.k_max or 'E'}])"
+            extra = (
+                ""
+                if (self.k_min == 1 and self.k_max is None)
+                else f" (k in [{self.k_min}, {self.k_max or 'E'}])"
+            )
             return f"topp:{self.p:g}{extra}"
         return "dense"
 
@@ -98,8 +104,20 @@ class ModelConfig:
             raise MofmeError(f"unknown router {self.router!r}; use one of {ROUTERS}")
         if self.expert_impl not in EXPERT_IMPLS:
             raise MofmeError(f"unknown expert_impl {self.expert_impl!r}; use one of {EXPERT_IMPLS}")
-        for name in ("in_channels", "out_channels", "dim", "depth", "num_experts", "patch", "heads",
-                     "head_dim", "head_channels", "unpatch_channels", "ffn_mult", "uar_samples"):
+        for name in (
+            "in_channels",
+            "out_channels",
+            "dim",
+            "depth",
+            "num_experts",
+            "patch",
+            "heads",
+            "head_dim",
+            "head_channels",
+            "unpatch_channels",
+            "ffn_mult",
+            "uar_samples",
+        ):
             if getattr(self, name) < 1:
                 raise MofmeError(f"model config: {name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.uar_dropout < 1.0:

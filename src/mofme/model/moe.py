@@ -90,7 +90,9 @@ class LinearRouter(nn.Module):
 class UncertaintyRouter(nn.Module):
     """Monte-Carlo-dropout router; see the module docstring for the formula and why."""
 
-    def __init__(self, dim: int, num_experts: int, samples: int, dropout: float, tau: float) -> None:
+    def __init__(
+        self, dim: int, num_experts: int, samples: int, dropout: float, tau: float
+    ) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, num_experts)
         self.samples = samples
@@ -224,6 +226,7 @@ class FMELayer(nn.Module):
         used = (self.last_weights.reshape(-1, probs.shape[-1]) > 0).float()
         e = probs.shape[-1]
         if self.balance_loss == "cv2":
+
             def cv2(v: Tensor) -> Tensor:
                 return v.var(unbiased=False) / (v.mean() ** 2 + 1e-10)
 

@@ -90,7 +90,9 @@ class MoFMENet(nn.Module):
     def fme_layers(self) -> list[FMELayer]:
         return [blk.fme for blk in self.blocks]
 
-    def set_routing(self, selection: str | RoutingConfig = "topk", **kw: float | int | None) -> None:
+    def set_routing(
+        self, selection: str | RoutingConfig = "topk", **kw: float | int | None
+    ) -> None:
         """Switch expert selection at run time, e.g. ``set_routing("topp", p=0.6)``,
         ``set_routing("topk", k=4)``, ``set_routing("dense")`` or ``set_routing("topp:0.6")``."""
         if isinstance(selection, RoutingConfig):

@@ -1,0 +1,54 @@
+"""``mofme info`` and the CLI's error contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mofme import checkpoint
+from mofme.cli import main
+from mofme.model.net import MoFMENet
+
+
+def test_info_preset_prints_params_and_gflops(capsys) -> None:
+    assert main(["info", "--preset", "tiny", "--size", "37x53"]) == 0
+    out = capsys.readouterr().out
+    assert "params     1,625,939" in out
+    assert "GFLOPs" in out and "37x53" in out and "experts" in out
+
+
+def test_info_json_from_checkpoint(tmp_path, capsys) -> None:
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(MoFMENet.from_preset("tiny", router="uar"), path, step=7)
+    assert main(["info", str(path), "--size", "16x16", "--json", "--routing", "dense"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] == 7 and info["router"] == "uar" and info["routing"] == "dense"
+    assert info["mean_active_experts"] == 8.0
+    # Dense routing: the expert stage costs E times a single expert's share.
+    assert info["gflops"] == pytest.approx(info["gflops_dense"])
+    assert set(info["gflops_parts"]) == {"head", "embed", "encoder", "experts", "unpatch", "tail"}
+
+
+def test_info_topk_flops_are_a_fraction_of_dense(capsys) -> None:
+    assert main(["info", "--preset", "tiny", "--size", "32x32", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    # top-2 of 8 experts: the expert stage costs a quarter of the dense one.
+    assert info["gflops_parts"]["experts"] == pytest.approx(
+        info["gflops_parts_dense"]["experts"] / 4
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["info", "/no/such/file.safetensors"], "/no/such/file.safetensors"),
+        (["info", "--preset", "huge"], "unknown preset"),
+        (["info", "--preset", "tiny", "--size", "0x3"], "bad size"),
+        (["info", "--preset", "tiny", "--routing", "topk:99"], "k=99"),
+    ],
+)
+def test_bad_input_is_one_line_error(argv, needle, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
