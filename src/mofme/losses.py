@@ -1,0 +1,247 @@
+"""Training loss: SmoothL1 + λ · VGG16 perceptual (SPEC §8).
+
+The perceptual term follows TransWeather / MoFME: mean squared error between VGG16 features of
+the prediction and the target at ``relu1_2``, ``relu2_2`` and ``relu3_3``, averaged over the
+three layers, weighted by ``λ = 0.04``.
+
+VGG16 weights are never downloaded: the user passes a local file, e.g. torchvision's
+``vgg16-397923af.pth``. The conv stack is built here (no torchvision dependency) with
+torchvision's module indices, so that file loads as is. Without weights the perceptual term is
+switched off with a warning.
+
+Unlike TransWeather, which feeds raw ``[0, 1]`` images to VGG, inputs are normalised with the
+ImageNet mean / std the weights were trained with (``normalize=False`` restores the raw
+behaviour).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mofme.errors import MofmeError
+
+__all__ = ["VGG_LAYERS", "RestorationLoss", "VGG16Features", "load_vgg16"]
+
+#: torchvision ``vgg16().features`` index of the ReLU after each named conv.
+VGG_LAYERS: dict[str, int] = {
+    "relu1_1": 1,
+    "relu1_2": 3,
+    "relu2_1": 6,
+    "relu2_2": 8,
+    "relu3_1": 11,
+    "relu3_2": 13,
+    "relu3_3": 15,
+    "relu4_1": 18,
+    "relu4_2": 20,
+    "relu4_3": 22,
+    "relu5_1": 25,
+    "relu5_2": 27,
+    "relu5_3": 29,
+}
+
+# torchvision VGG16 configuration "D": output channels per conv, "M" = 2x2 max pool.
+_VGG16_CFG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)  # fmt: skip
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VGG16Features(nn.Module):
+    """Frozen VGG16 conv stack returning intermediate ReLU activations.
+
+    ``self.features`` is an ``nn.Sequential`` with exactly torchvision's indices, cut after the
+    deepest requested layer, so its state dict keys are ``features.N.weight`` /
+    ``features.N.bias`` as in torchvision's full model.
+
+    Args:
+        layers: names from :data:`VGG_LAYERS`, returned in this order.
+        normalize: subtract the ImageNet mean and divide by its std inside ``forward``.
+
+    ``forward(x)``: ``(B, 3, H, W)`` in ``[0, 1]`` -> list of ``(B, C_l, H_l, W_l)`` tensors.
+    """
+
+    def __init__(
+        self,
+        layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3"),
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        unknown = [name for name in layers if name not in VGG_LAYERS]
+        if unknown or not layers:
+            raise ValueError(f"unknown VGG16 layers {unknown}; choose from {list(VGG_LAYERS)}")
+        self.layers = tuple(layers)
+        self._taps = [VGG_LAYERS[name] for name in layers]
+        self.normalize = normalize
+        modules: list[nn.Module] = []
+        in_channels = 3
+        for item in _VGG16_CFG:
+            if item == "M":
+                modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                modules.append(nn.Conv2d(in_channels, int(item), kernel_size=3, padding=1))
+                modules.append(nn.ReLU(inplace=True))
+                in_channels = int(item)
+        self.features = nn.Sequential(*modules[: max(self._taps) + 1])
+        # Not persistent: the state dict stays identical to torchvision's layout.
+        self.register_buffer(
+            "mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> VGG16Features:
+        """Stay in eval mode: this is a fixed feature extractor."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        outputs: list[torch.Tensor] = []
+        for index, module in enumerate(self.features):
+            x = module(x)
+            if index in self._taps:
+                outputs.append(x)
+        # Reorder to the requested layer order.
+        order = sorted(set(self._taps))
+        return [outputs[order.index(tap)] for tap in self._taps]
+
+
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise MofmeError(f"VGG16 weights {path} hold a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_vgg16(
+    path: str | os.PathLike[str],
+    layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3"),
+    normalize: bool = True,
+) -> VGG16Features:
+    """Build :class:`VGG16Features` and load weights from a local file.
+
+    Accepts torchvision's full-model state dict (``features.N.weight`` plus ``classifier.*``,
+    e.g. ``vgg16-397923af.pth``), a features-only dict (``N.weight``), either with a
+    ``module.`` prefix, as ``.pth`` / ``.pt`` (``torch.load``) or ``.safetensors``. Keys
+    beyond the deepest requested layer are ignored.
+
+    Raises:
+        MofmeError: the file is missing or unreadable, or lacks / mis-shapes a needed weight.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MofmeError(f"VGG16 weights file {path} does not exist")
+    try:
+        raw = _read_state_dict(path)
+    except MofmeError:
+        raise
+    except Exception as exc:
+        # torch.load / safetensors raise assorted types on a corrupt or foreign file.
+        raise MofmeError(f"cannot read VGG16 weights {path}: {exc}") from exc
+
+    features: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        key = key.removeprefix("module.")
+        key = key.removeprefix("features.")
+        if key.split(".")[0].isdigit() and isinstance(value, torch.Tensor):
+            features[key] = value
+
+    model = VGG16Features(layers=layers, normalize=normalize)
+    expected = model.features.state_dict()
+    for key, target in expected.items():
+        if key not in features:
+            raise MofmeError(
+                f"VGG16 weights {path} lack 'features.{key}' (or '{key}'); "
+                "expected a torchvision vgg16 state dict"
+            )
+        if tuple(features[key].shape) != tuple(target.shape):
+            raise MofmeError(
+                f"VGG16 weights {path}: 'features.{key}' has shape "
+                f"{tuple(features[key].shape)}, expected {tuple(target.shape)}"
+            )
+    model.features.load_state_dict({key: features[key].float() for key in expected})
+    return model
+
+
+class RestorationLoss(nn.Module):
+    """``SmoothL1(pred, target) + perceptual_weight · perceptual(pred, target)``.
+
+    Args:
+        perceptual_weight: λ (0.04 in the paper); 0 switches the perceptual term off.
+        vgg_weights: local VGG16 weights file (see :func:`load_vgg16`). ``None`` with a
+            positive weight switches the term off with a one-line warning.
+        smooth_l1_beta: SmoothL1 transition point (PyTorch's ``beta``).
+        vgg_normalize: ImageNet mean/std normalisation before VGG (see module docstring).
+
+    ``forward(pred, target)`` with ``(B, 3, H, W)`` tensors returns ``(total, parts)``: the
+    scalar loss to back-propagate and floats ``{"smooth_l1", "perceptual", "total"}`` for
+    logging. Both terms are computed in float32 even under autocast.
+    """
+
+    def __init__(
+        self,
+        perceptual_weight: float = 0.04,
+        vgg_weights: str | os.PathLike[str] | None = None,
+        smooth_l1_beta: float = 1.0,
+        vgg_normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        self.smooth_l1_beta = smooth_l1_beta
+        self.vgg: VGG16Features | None = None
+        if perceptual_weight > 0 and vgg_weights is None:
+            warnings.warn("perceptual loss off: no --vgg-weights given", stacklevel=2)
+        elif perceptual_weight > 0:
+            self.vgg = load_vgg16(vgg_weights, normalize=vgg_normalize)
+        self.perceptual_weight = perceptual_weight if self.vgg is not None else 0.0
+
+    def perceptual(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean over layers of the feature MSE; gradients flow to ``pred`` only."""
+        if self.vgg is None:
+            return pred.new_zeros((), dtype=torch.float32)
+        with _no_autocast(pred.device):
+            pred_features = self.vgg(pred.float())
+            with torch.no_grad():
+                target_features = self.vgg(target.float())
+            terms = [F.mse_loss(p, t) for p, t in zip(pred_features, target_features)]
+        return torch.stack(terms).mean()
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        with _no_autocast(pred.device):
+            pixel = F.smooth_l1_loss(pred.float(), target.float(), beta=self.smooth_l1_beta)
+        total = pixel
+        perceptual = pred.new_zeros((), dtype=torch.float32)
+        if self.vgg is not None:
+            perceptual = self.perceptual(pred, target)
+            total = pixel + self.perceptual_weight * perceptual
+        parts = {
+            "smooth_l1": float(pixel.detach()),
+            "perceptual": float(perceptual.detach()),
+            "total": float(total.detach()),
+        }
+        return total, parts
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast on ``device`` so the loss runs in float32."""
+    if device.type in ("cuda", "cpu", "xpu", "mps"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()

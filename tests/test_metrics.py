@@ -1,0 +1,129 @@
+"""PSNR / SSIM agree with scikit-image (RGB and Y), batch and edge-case behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from mofme.errors import MofmeError
+from mofme.metrics import MetricAccumulator, psnr, rgb_to_y, ssim
+
+
+def skimage_ssim(gt: np.ndarray, x: np.ndarray, channel_axis: int | None) -> float:
+    return structural_similarity(
+        gt,
+        x,
+        channel_axis=channel_axis,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+    )
+
+
+def image_pair(kind: str, h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gt, restored) float64 (H, W, 3) in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        gt = rng.random((h, w, 3))
+    else:  # structured: smooth gradients + an edge, like a photo
+        y, x = np.mgrid[0:h, 0:w] / max(h, w)
+        gt = np.stack([x, y, 0.5 + 0.4 * np.sin(6 * x + 3 * y)], axis=2)
+        gt[h // 2 :, : w // 3] *= 0.3
+    restored = np.clip(gt + rng.normal(0, 0.05, gt.shape) + 0.02, 0, 1)
+    return gt, restored
+
+
+def as_batch(*images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("kind", ["random", "structured"])
+@pytest.mark.parametrize(("h", "w"), [(11, 11), (16, 16), (33, 47), (64, 64)])
+def test_rgb_metrics_match_skimage(kind, h, w):
+    gt, restored = image_pair(kind, h, w, seed=h * w)
+    x, y = as_batch(restored).float(), as_batch(gt).float()  # float32 in, like real use
+    # skimage sees the same float32-rounded values
+    gt32, restored32 = (a.astype(np.float32).astype(np.float64) for a in (gt, restored))
+    assert psnr(x, y).item() == pytest.approx(
+        peak_signal_noise_ratio(gt32, restored32, data_range=1.0), abs=1e-3
+    )
+    assert ssim(x, y).item() == pytest.approx(skimage_ssim(gt32, restored32, -1), abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["random", "structured"])
+@pytest.mark.parametrize(("h", "w"), [(16, 16), (33, 47), (64, 64)])
+def test_y_metrics_match_skimage_on_luma(kind, h, w):
+    gt, restored = image_pair(kind, h, w, seed=7 + h)
+    x, y = as_batch(restored), as_batch(gt)
+    y_gt = rgb_to_y(y)[0, 0].numpy()
+    y_restored = rgb_to_y(x)[0, 0].numpy()
+    assert psnr(x, y, y_channel=True).item() == pytest.approx(
+        peak_signal_noise_ratio(y_gt, y_restored, data_range=1.0), abs=1e-3
+    )
+    assert ssim(x, y, y_channel=True).item() == pytest.approx(
+        skimage_ssim(y_gt, y_restored, None), abs=1e-3
+    )
+
+
+def test_rgb_to_y_formula():
+    rgb = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]).view(3, 3, 1, 1)
+    y = rgb_to_y(rgb).flatten()
+    expected = torch.tensor([16.0, 16.0 + 65.481 + 128.553 + 24.966, 16.0 + 65.481]) / 255
+    torch.testing.assert_close(y, expected)
+    assert y[1].item() == pytest.approx(235 / 255, abs=1e-4)
+
+
+def test_batch_values_are_per_image():
+    pairs = [image_pair("structured", 24, 30, seed=s) for s in range(3)]
+    x = as_batch(*(r for _, r in pairs))
+    y = as_batch(*(g for g, _ in pairs))
+    batch_psnr, batch_ssim = psnr(x, y), ssim(x, y)
+    assert batch_psnr.shape == (3,) and batch_ssim.shape == (3,)
+    for i in range(3):
+        assert batch_ssim[i].item() == pytest.approx(ssim(x[i], y[i]).item(), abs=1e-12)
+        assert batch_psnr[i].item() == pytest.approx(psnr(x[i : i + 1], y[i : i + 1]).item())
+    assert psnr(x, y, reduction="mean").item() == pytest.approx(batch_psnr.mean().item())
+
+
+def test_identical_images():
+    x = as_batch(image_pair("random", 16, 16, 0)[0])
+    assert math.isinf(psnr(x, x).item())
+    assert ssim(x, x).item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_small_images_raise_clear_error():
+    x = torch.rand(1, 3, 10, 40)
+    with pytest.raises(MofmeError, match="at least 11x11"):
+        ssim(x, x)
+    assert math.isfinite(psnr(x, x.flip(-1)).item())  # PSNR has no size limit
+
+
+def test_shape_mismatch_and_grad_enabled():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        psnr(torch.rand(1, 3, 12, 12), torch.rand(1, 3, 12, 13))
+    x = torch.rand(2, 3, 12, 12, requires_grad=True)
+    values = ssim(x, torch.rand(2, 3, 12, 12))
+    assert values.dtype == torch.float64 and not values.requires_grad
+
+
+def test_accumulator_means_and_average():
+    acc = MetricAccumulator()
+    acc.add("rain", {"psnr": 30.0, "ssim": 0.9})
+    acc.add("rain", {"psnr": torch.tensor([32.0, 34.0]), "ssim": [0.8, 0.7]})
+    acc.add("snow", {"psnr": 20.0, "ssim": 0.5})
+    assert acc.groups == ["rain", "snow"] and acc.count("rain") == 3
+    assert acc.mean("rain") == pytest.approx({"psnr": 32.0, "ssim": 0.8})
+    table = acc.summary()
+    # the average weights test sets equally, not images
+    assert table["average"] == pytest.approx({"psnr": 26.0, "ssim": 0.65})
+    with pytest.raises(ValueError, match="different counts"):
+        acc.add("rain", {"psnr": [1.0, 2.0], "ssim": [1.0]})
+    with pytest.raises(ValueError, match="same metrics"):
+        acc.add("rain", {"psnr": 1.0})
+    with pytest.raises(KeyError):
+        acc.mean("haze")
