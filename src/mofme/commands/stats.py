@@ -1,0 +1,140 @@
+"""``mofme stats``: routing statistics of a model on a dataset (per-expert weights, active experts).
+
+Video data (RVSD layout) is streamed frame by frame through ``VideoRestorer`` and split into the
+first frame of each video (all-zero reference) and the other frames; image data is grouped by
+test set / list file. Writes ``stats.md``, ``stats.json`` and three PNG plots to ``--out`` and
+prints the Markdown report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mofme.commands.common import add_device_argument, add_model_arguments, resolve_device
+from mofme.errors import MofmeError
+
+HELP = (
+    "routing statistics: per-expert weights and frequencies, first vs other frames, active experts"
+)
+
+LAYOUT_CHOICES = ("rvsd", "mofme", "transweather", "folder")
+VIDEO_SPLITS = ("train", "test", "test_video")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p, "default: the bundled video model")
+    p.add_argument(
+        "--data", required=True, help="dataset root (RVSD videos or Allweather-style images)"
+    )
+    p.add_argument("--out", required=True, help="folder for stats.md, stats.json and the plots")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUT_CHOICES,
+        default=None,
+        help="dataset layout (default: detected from the folders under --data)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        help="rvsd: train or test (default test); mofme: train, test (every test_* set, default) "
+        "or one test set such as test_snow; transweather: the list file (required, e.g. "
+        "test1.txt); folder: optional subfolder",
+    )
+    p.add_argument("--max-frames", type=int, default=None, help="use at most N frames per video")
+    p.add_argument("--max-images", type=int, default=None, help="use at most N images per group")
+    p.add_argument("--tile", type=int, default=None, help="tiled inference with this tile side")
+    p.add_argument(
+        "--overlap", type=int, default=None, help="tile overlap in pixels (default min(32, tile/2))"
+    )
+    add_device_argument(p)
+
+
+def detect_layout(root: Path, split: str | None = None) -> str:
+    """Guess the layout of ``root`` from its folders (see ``--layout``)."""
+    if not root.is_dir():
+        raise MofmeError(f"dataset root {root} does not exist")
+    if any((root / s / "snow").is_dir() and (root / s / "clean").is_dir() for s in VIDEO_SPLITS):
+        return "rvsd"
+    if split and split.endswith(".txt"):
+        return "transweather"
+    if any(p.is_dir() for p in root.glob("test_*")):
+        return "mofme"
+    if (root / "input").is_dir():  # find_pairs names a missing gt/ folder
+        return "folder"
+    if split and (root / split / "input").is_dir():
+        return "folder"
+    raise MofmeError(
+        f"cannot tell the dataset layout of {root}: expected {{train,test}}/{{snow,clean}}/ "
+        "(rvsd), test_*/ (mofme) or input/ and gt/ (folder); give --layout"
+    )
+
+
+def _check_positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise MofmeError(f"{name} must be >= 1, got {value}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _overlap(tile: int | None, overlap: int | None) -> int:
+    if overlap is None:
+        return min(32, tile // 2) if tile else 32
+    if overlap < 0 or (tile and overlap >= tile):
+        raise MofmeError(f"--overlap must be >= 0 and smaller than --tile, got {overlap}")
+    return overlap
+
+
+def run(args: argparse.Namespace) -> int:
+    from mofme.commands.common import load_model
+    from mofme.data.datasets import find_pairs, find_videos
+    from mofme.stats import collect_images, collect_video, to_markdown, write_report
+
+    for name in ("max_frames", "max_images", "tile"):
+        _check_positive("--" + name.replace("_", "-"), getattr(args, name))
+    overlap = _overlap(args.tile, args.overlap)
+    root = Path(args.data)
+    layout = args.layout or detect_layout(root, args.split)
+    # Find the data before loading the model: a bad path fails fast.
+    split = args.split or ("test" if layout in ("rvsd", "mofme") else None)
+    if layout == "rvsd":
+        videos = find_videos(root, split)
+    else:
+        pairs = find_pairs(root, layout, split)
+    device = resolve_device(args.device)
+    model = load_model(args, device, default="video")
+    cfg = model.cfg
+    if layout != "rvsd" and cfg.in_channels != 3:
+        raise MofmeError(
+            f"the model takes {cfg.in_channels}-channel input (a video model with a reference "
+            f"frame); it needs video data in the RVSD layout, but {root} is {layout} image data"
+        )
+    progress = sys.stderr.isatty()
+    if layout == "rvsd":
+        stats = collect_video(model, videos, tile=args.tile, device=device, overlap=overlap,
+                              max_frames=args.max_frames, progress=progress)  # fmt: skip
+        amount = f"{_count(len(videos), 'video')}, {_count(stats.samples('all'), 'frame')}"
+    else:
+        stats = collect_images(model, pairs, tile=args.tile, device=device, overlap=overlap,
+                               max_images=args.max_images, progress=progress)  # fmt: skip
+        amount = _count(stats.samples("all"), "image")
+    summary = stats.summary()
+    source = args.ckpt or (
+        f"preset {args.preset} (untrained)" if args.preset else "bundled video model"
+    )
+    summary["meta"] = {
+        "model": source,
+        "input channels": cfg.in_channels,
+        "router": cfg.router,
+        "routing": cfg.routing.describe(),
+        "data": f"{root} (layout {layout}, split {split or '-'}; {amount})",
+    }
+    if args.tile:
+        summary["meta"]["tiles"] = f"{args.tile} px, overlap {overlap} px"
+    paths = write_report(summary, Path(args.out))
+    print(to_markdown(summary), end="")
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0
