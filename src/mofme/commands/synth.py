@@ -1,0 +1,137 @@
+"""``mofme synth``: write synthetic Allweather-style or RVSD-style datasets.
+
+Examples::
+
+    mofme synth allweather --out data/synth --train 1000 --test 100 --preview
+    mofme synth rvsd --out data/rvsd_synth --videos 12 --test-videos 4 --frames 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from mofme.errors import MofmeError
+
+DEFAULT_IMAGE_SIZE = "256x256"
+DEFAULT_VIDEO_SIZE = "240x320"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"HxW"`` (or ``"N"`` for a square) -> ``(H, W)``."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
+    if m is None:
+        raise MofmeError(f"cannot parse size {text!r}; use HxW, e.g. 256x256")
+    h = int(m.group(1))
+    w = int(m.group(2)) if m.group(2) is not None else h
+    return h, w
+
+
+def _common(p: argparse.ArgumentParser, default_size: str) -> None:
+    p.add_argument("--out", required=True, type=Path, help="output folder (new or empty)")
+    p.add_argument("--size", default=default_size, help=f"image size HxW (default {default_size})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="folder of your own clean photos, used besides the bundled ones",
+    )
+    p.add_argument("--preview", action="store_true", help="also write OUT/preview.png")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty OUT, replacing the dataset folders written before",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1; same output)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``allweather`` and ``rvsd`` sub-commands on ``parser``."""
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="{allweather,rvsd}")
+    aw = sub.add_parser(
+        "allweather",
+        help="rain+fog / raindrop / snow / haze image pairs",
+        description=(
+            "Write image pairs in the MoFME layout (train/, test_rain/, test_raindrop/, "
+            "test_snow/, test_haze/) and the TransWeather list files (allweather.txt, "
+            "test1.txt, raindroptesta.txt, snowtest100k_L.txt, hazetest.txt)."
+        ),
+    )
+    aw.add_argument("--train", type=int, default=1000, help="train pairs (default 1000)")
+    aw.add_argument("--test", type=int, default=100, help="pairs per test split (default 100)")
+    _common(aw, DEFAULT_IMAGE_SIZE)
+    rv = sub.add_parser(
+        "rvsd",
+        help="snowy / clean video pairs",
+        description="Write snowy videos in the RVSD layout {train,test}/{snow,clean}/<video>/.",
+    )
+    rv.add_argument("--videos", type=int, default=8, help="videos in total (default 8)")
+    rv.add_argument(
+        "--test-videos",
+        type=int,
+        default=None,
+        help="how many of the videos go to test/ (default: about 30/110 of them, as RVSD)",
+    )
+    rv.add_argument("--frames", type=int, default=30, help="frames per video (default 30)")
+    rv.add_argument(
+        "--video",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="clean video file(s) to use instead of camera moves over photos",
+    )
+    _common(rv, DEFAULT_VIDEO_SIZE)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the requested dataset; print where it went. Returns the exit code."""
+    from mofme.data.synth import contact_sheet, write_allweather, write_rvsd
+
+    size = parse_size(args.size)
+    if args.workers < 1:
+        raise MofmeError(f"--workers must be at least 1, got {args.workers}")
+    if args.kind == "allweather":
+        meta = write_allweather(
+            args.out,
+            n_train=args.train,
+            n_test=args.test,
+            size_hw=size,
+            seed=args.seed,
+            source_folder=args.source,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+            workers=args.workers,
+        )
+        print(
+            f"wrote {meta['n_train']} train pairs and 4 x {meta['n_test']} test pairs "
+            f"({size[0]}x{size[1]}) to {args.out} in {meta['seconds']:.1f} s"
+        )
+    else:
+        meta = write_rvsd(
+            args.out,
+            n_videos=args.videos,
+            n_frames=args.frames,
+            size_hw=size,
+            seed=args.seed,
+            split_test=args.test_videos,
+            source_folder=args.source,
+            video_files=args.video,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+            workers=args.workers,
+        )
+        print(
+            f"wrote {meta['n_train']} train and {meta['n_test']} test videos of "
+            f"{args.frames} frames ({size[0]}x{size[1]}) to {args.out} in {meta['seconds']:.1f} s"
+        )
+    if args.preview:
+        path = contact_sheet(
+            Path(args.out) / "preview.png", seed=args.seed, source_folder=args.source
+        )
+        print(f"preview: {path}")
+    return 0
