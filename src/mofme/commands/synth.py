@@ -9,23 +9,15 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
+from mofme.commands.common import parse_size
 from mofme.errors import MofmeError
+
+HELP = "write synthetic Allweather-style (rain, raindrop, snow, haze) or RVSD-style snowy-video datasets"
 
 DEFAULT_IMAGE_SIZE = "256x256"
 DEFAULT_VIDEO_SIZE = "240x320"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"HxW"`` (or ``"N"`` for a square) -> ``(H, W)``."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
-    if m is None:
-        raise MofmeError(f"cannot parse size {text!r}; use HxW, e.g. 256x256")
-    h = int(m.group(1))
-    w = int(m.group(2)) if m.group(2) is not None else h
-    return h, w
 
 
 def _common(p: argparse.ArgumentParser, default_size: str) -> None:
