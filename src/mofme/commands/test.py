@@ -1,0 +1,283 @@
+"""``mofme test``: evaluate a checkpoint on Allweather / RVSD / a paired folder (SPEC §6, §9)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from mofme.commands.common import add_device_argument, add_model_arguments, parse_size
+from mofme.errors import MofmeError
+
+HELP = "evaluate a checkpoint (PSNR/SSIM on RGB and Y, speed, active experts) on test data"
+
+LAYOUTS = ("mofme", "transweather", "folder", "rvsd")
+#: TransWeather / WeatherDiffusion test lists, evaluated when present and no --split is given.
+TRANSWEATHER_TEST_LISTS = (
+    "test1.txt",
+    "raindroptesta.txt",
+    "snowtest100k_L.txt",
+    "snowtest100k_S.txt",
+)
+
+EPILOG = """\
+layouts (auto-detected unless --layout is given):
+  rvsd          ROOT/{train,test,test_video}/{snow,clean}/<video>/<frame>   (split: test)
+  mofme         ROOT/test_*/{input,gt}                 (split: all test_* sets, or e.g. rain,snow)
+  transweather  ROOT/<list>.txt with paths under input/ (split: test1.txt, raindroptesta.txt,
+                snowtest100k_L.txt, snowtest100k_S.txt and any other *test*.txt present)
+  folder        ROOT/input and ROOT/gt
+
+--routing also takes a comma list: a routing sweep (one evaluation per spec, a table of PSNR
+vs. active experts, and a plot with --plot or next to --out).
+
+examples:
+  mofme test model.safetensors --data data/allweather --out results.json
+  mofme test model.safetensors --data data/allweather --resize 720x480   # official protocol
+  mofme test --data data/rvsd --routing topk:1,topk:2,topk:4,topp:0.6,dense --plot sweep.png
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_model_arguments(
+        p, "default: the bundled image model (the bundled video model for --layout rvsd)"
+    )
+    p.add_argument("--data", required=True, metavar="ROOT", help="dataset root folder")
+    p.add_argument("--layout", choices=LAYOUTS, default=None, help="dataset layout (default: auto)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="comma-separated test sets: mofme folder names (test_rain or rain), transweather "
+        "list files, a folder subfolder, or the rvsd split (default: all test sets)",
+    )
+    p.add_argument(
+        "--resize",
+        default=None,
+        metavar="WxH",
+        help="resize input and ground truth to WIDTHxHEIGHT (bicubic) before evaluating; "
+        "720x480 is the official MoFME protocol (default: full resolution)",
+    )
+    p.add_argument("--tile", type=int, default=None, help="restore in tiles of N pixels")
+    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast precision")
+    p.add_argument("--save-images", default=None, metavar="DIR", help="write restored images here")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE.png",
+        help="routing-sweep plot (several --routing specs; default: next to --out)",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate only the first N images of each test set (rvsd: N frames per video)",
+    )
+    p.add_argument(
+        "--flops-size",
+        default="240x240",
+        metavar="HxW",
+        help="input size for the GFLOPs count (default 240x240, the training crop; none: skip)",
+    )
+    p.add_argument("--strict", action="store_true", help="stop at an unreadable image")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_argument(p)
+    # --routing (from add_model_arguments) also takes a comma list here: a routing sweep.
+
+
+def detect_layout(root: Path) -> str:
+    """Guess the layout of ``root`` from its folders and files (see ``EPILOG``)."""
+    for split in ("test", "test_video", "train"):
+        if (root / split / "snow").is_dir() and (root / split / "clean").is_dir():
+            return "rvsd"
+    if any((p / "input").is_dir() for p in root.glob("test_*")):
+        return "mofme"
+    if any((root / name).is_file() for name in TRANSWEATHER_TEST_LISTS):
+        return "transweather"
+    if (root / "input").is_dir() and (root / "gt").is_dir():
+        return "folder"
+    raise MofmeError(
+        f"cannot tell the dataset layout of {root}: looked for {{test,test_video,train}}/"
+        f"{{snow,clean}} (rvsd), test_*/input (mofme), {', '.join(TRANSWEATHER_TEST_LISTS)} "
+        "(transweather) and input + gt (folder); pass --layout"
+    )
+
+
+def parse_resize(text: str | None) -> tuple[int, int] | None:
+    """``720x480`` (width x height, as Pillow's ``resize``) -> ``(720, 480)``."""
+    if text is None:
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise MofmeError(f"bad --resize {text!r}: use WIDTHxHEIGHT, e.g. 720x480") from None
+    if width < 1 or height < 1:
+        raise MofmeError(f"bad --resize {text!r}: use positive integers, e.g. 720x480")
+    return width, height
+
+
+def _splits(text: str | None) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else []
+
+
+def default_test_lists(root: Path) -> list[str]:
+    """The standard test lists present in ``root``, then any other ``*test*.txt`` there."""
+    from mofme.data.io import natural_key
+
+    known = [n for n in TRANSWEATHER_TEST_LISTS if (root / n).is_file()]
+    others = sorted(
+        (p.name for p in root.glob("*test*.txt") if p.is_file() and p.name not in known),
+        key=natural_key,
+    )
+    return known + others
+
+
+def find_image_pairs(root: Path, layout: str, split: str | None) -> list[Any]:
+    """Test pairs for an image layout, every requested split concatenated."""
+    from mofme.data.datasets import find_pairs
+
+    splits = _splits(split)
+    if layout == "mofme":
+        splits = splits or ["test"]
+    elif layout == "transweather":
+        if not splits:
+            splits = default_test_lists(root)
+        if not splits:
+            raise MofmeError(
+                f"no test list file in {root} (looked for {', '.join(TRANSWEATHER_TEST_LISTS)}); "
+                "name one with --split"
+            )
+    else:
+        splits = splits or [None]  # type: ignore[list-item]
+    pairs = []
+    for s in splits:
+        pairs.extend(find_pairs(root, layout, s))
+    return pairs
+
+
+def run(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _show_warning(message: Any, category: Any, filename: Any, lineno: Any, *rest: Any) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"mofme test: warning: {message}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mofme.checkpoint import atomic_write
+    from mofme.commands.common import load_model, resolve_device
+    from mofme.data.datasets import find_videos
+    from mofme.evaluate import (
+        evaluate_images,
+        evaluate_videos,
+        limit_per_group,
+        plot_sweep,
+        routing_sweep,
+        sweep_markdown,
+    )
+    from mofme.model.config import parse_routing
+
+    root = Path(args.data)
+    if not root.is_dir():
+        raise MofmeError(f"data root {root} does not exist")
+    if args.max_images is not None and args.max_images < 1:
+        raise MofmeError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.tile is not None and not 0 <= args.overlap < args.tile:
+        raise MofmeError(f"--overlap must be in [0, --tile), got {args.overlap} with {args.tile}")
+    resize = parse_resize(args.resize)
+    flops_size = None if args.flops_size.lower() == "none" else parse_size(args.flops_size)
+
+    specs = _splits(args.routing)
+    for spec in specs:
+        parse_routing(spec)  # a typo fails now, not after an evaluation
+    args.routing = specs[0] if len(specs) == 1 else None  # a sweep sets routing per run
+    layout = args.layout or detect_layout(root)
+
+    # Find the data before loading a model, so data errors come first and fast.
+    if layout == "rvsd":
+        split = args.split or "test"
+        videos = find_videos(root, split)
+        items = f"{len(videos)} videos"
+    else:
+        pairs = limit_per_group(find_image_pairs(root, layout, args.split), args.max_images)
+        groups = sorted({p.group for p in pairs})
+        items = f"{len(pairs)} images in {len(groups)} test set(s)"
+
+    device = resolve_device(args.device)
+    model = load_model(args, device, default="video" if layout == "rvsd" else "image")
+    source = args.ckpt or (f"preset {args.preset} (untrained)" if args.preset else "bundled")
+    print(f"evaluating {source} on {root} ({layout}: {items}) on {device}", file=sys.stderr)
+
+    def run_once(save_dir: str | None = args.save_images) -> Any:
+        common = dict(
+            tile=args.tile,
+            overlap=args.overlap,
+            device=device,
+            amp=args.amp,
+            save_dir=save_dir,
+            progress=not args.no_progress,
+            strict=args.strict,
+            resize=resize,
+            flops_size=flops_size,
+        )
+        if layout == "rvsd":
+            return evaluate_videos(model, videos, max_frames=args.max_images, **common)
+        return evaluate_images(model, pairs, **common)
+
+    meta = {
+        "source": str(source),
+        "data": str(root),
+        "layout": layout,
+        "split": args.split,
+        "max_images": args.max_images,
+    }
+    if len(specs) <= 1:
+        result = run_once()
+        result.meta.update(meta)
+        print(result.to_markdown())
+        payload: dict[str, Any] = result.to_dict()
+    else:
+        results: list[Any] = []
+
+        def sweep_run() -> Any:
+            # One image folder per routing, so the runs do not overwrite each other.
+            spec = specs[len(results)]
+            save_dir = (
+                str(Path(args.save_images) / spec.replace(":", "_")) if args.save_images else None
+            )
+            res = run_once(save_dir=save_dir)
+            res.meta.update(meta, routing_spec=spec)
+            results.append(res)
+            return res
+
+        rows = routing_sweep(model, specs, sweep_run)
+        print(sweep_markdown(rows))
+        size = f"; GFLOPs per {flops_size[0]}x{flops_size[1]} random input" if flops_size else ""
+        print(f"\nparams: {results[0].params['total'] / 1e6:.3f} M{size}")
+        plot_path = args.plot or (
+            str(Path(args.out).with_name(Path(args.out).stem + "_sweep.png")) if args.out else None
+        )
+        if plot_path:
+            plot_sweep(rows, plot_path)
+            print(f"plot: {plot_path}")
+        payload = {
+            "meta": meta,
+            "sweep": rows,
+            "results": {spec: r.to_dict() for spec, r in zip(specs, results)},
+        }
+    if args.out:
+        text = json.dumps(payload, indent=2, allow_nan=False)
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+        print(f"results: {args.out}", file=sys.stderr)
+    return 0
