@@ -7,6 +7,7 @@ against the field's annotated type, and nested dataclasses map onto nested mappi
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,8 +19,10 @@ from mofme.errors import MofmeError
 
 T = TypeVar("T")
 
+_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -30,7 +33,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, where)
+                return coerce(value, a, where)
             except MofmeError as e:
                 errors.append(str(e))
         raise MofmeError(errors[0] if errors else f"{where}: bad value {value!r}")
@@ -44,7 +47,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise MofmeError(f"{where}: expected a list, got {value!r}")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
-        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
@@ -63,6 +66,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        # YAML 1.1 reads ``1e-3`` (no dot) as a string: accept it for float fields.
+        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
+            return float(value)
         raise MofmeError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -80,7 +86,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise MofmeError(
             f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         obj.validate()

@@ -574,7 +574,7 @@ def routing_sweep(
 
     for spec in specs:  # fail on a typo before the first (possibly long) evaluation
         try:
-            parse_routing(spec).validate(model.cfg.num_experts)  # type: ignore[union-attr]
+            parse_routing(spec).check(model.cfg.num_experts)  # type: ignore[union-attr]
         except MofmeError as exc:
             raise MofmeError(f"routing {spec!r}: {exc}") from None
     rows = []

@@ -28,7 +28,7 @@ class RoutingConfig:
     k_min: int = 1  # topp: at least this many experts
     k_max: int | None = None  # topp: at most this many (None = all E)
 
-    def validate(self, num_experts: int) -> None:
+    def check(self, num_experts: int) -> None:
         if self.selection not in SELECTIONS:
             raise MofmeError(
                 f"unknown routing selection {self.selection!r}; use one of {SELECTIONS}"
@@ -122,7 +122,7 @@ class ModelConfig:
                 raise MofmeError(f"model config: {name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.uar_dropout < 1.0:
             raise MofmeError(f"model config: uar_dropout must be in [0, 1), got {self.uar_dropout}")
-        self.routing.validate(self.num_experts)
+        self.routing.check(self.num_experts)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

