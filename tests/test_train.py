@@ -183,7 +183,7 @@ def test_repo_configs_load(path: Path) -> None:
     cfg = load_config(path)
     channels = cfg.model_config().in_channels
     assert channels == 3 if cfg.data.kind == "image" else channels in (3, 6)
-    expected = {"rvsd_video.yaml": 6, "rvsd_synth_cpu.yaml": 6, "rvsd_synth_cpu_single.yaml": 3}
+    expected = {"rvsd_video.yaml": 6, "bundled_video.yaml": 6, "bundled_image.yaml": 3}
     assert channels == expected.get(path.name, channels)
 
 

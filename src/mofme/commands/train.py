@@ -11,10 +11,10 @@ HELP = "train an image or video model from a YAML config (resume, TensorBoard, D
 
 EPILOG = """\
 examples:
-  mofme train configs/allweather_synth_cpu.yaml
-  mofme train configs/allweather_synth_cpu.yaml --set train.lr=1e-3 --set model.router=uar
-  mofme train configs/allweather_synth_cpu.yaml --resume        # continue after an interruption
-  mofme train --resume --out runs/allweather_synth_cpu           # same, config from OUT/config.yaml
+  mofme train configs/bundled_image.yaml
+  mofme train configs/bundled_image.yaml --set train.lr=1e-3 --set model.router=uar
+  mofme train configs/bundled_image.yaml --resume        # continue after an interruption
+  mofme train --resume --out runs/bundled_image           # same, config from OUT/config.yaml
   torchrun --nproc_per_node 4 -m mofme.cli train configs/allweather_paper.yaml   # 4 GPUs, DDP
 
 Ctrl-C (or SIGTERM) finishes the current step and saves OUT/model_last.safetensors and
