@@ -52,3 +52,21 @@ def test_bad_input_is_one_line_error(argv, needle, capsys) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_flops_include_attention_and_parts_add_up() -> None:
+    import torch
+
+    from mofme.model.analysis import count_flops
+
+    torch.manual_seed(0)
+    model = MoFMENet.from_preset("tiny", head_channels=8, unpatch_channels=16)
+    rep = count_flops(model, (64, 96))
+    n, cfg = (64 // 8) * (96 // 8), model.cfg
+    qkv_out_and_attention = cfg.depth * (
+        2 * n * cfg.dim * 3 * cfg.heads * cfg.head_dim  # qkv projection
+        + 4 * cfg.heads * n * n * cfg.head_dim  # QKᵀ and AV
+        + 2 * n * cfg.heads * cfg.head_dim * cfg.dim  # output projection
+    )
+    assert rep.parts["encoder"] > qkv_out_and_attention
+    assert rep.total == pytest.approx(sum(rep.parts.values()))

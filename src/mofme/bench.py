@@ -154,43 +154,13 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, budget_s: float
 # ------------------------------------------------------------------------------- FLOPs
 
 
-_SDPA_COUNTED: dict[str, bool] = {}
-
-
-def sdpa_is_counted(device: torch.device) -> bool:
-    """Whether ``FlopCounterMode`` counts ``scaled_dot_product_attention`` on ``device``.
-
-    It does not count the CPU kernel (PyTorch 2.x), so attention is then added analytically.
-    """
-    if device.type not in _SDPA_COUNTED:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        q = torch.rand(1, 1, 8, 8, device=device)
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            torch.nn.functional.scaled_dot_product_attention(q, q, q)
-        _SDPA_COUNTED[device.type] = counter.get_total_flops() > 0
-    return _SDPA_COUNTED[device.type]
-
-
-def attention_flops(model: MoFMENet, h: int, w: int) -> float:
-    """FLOPs of the attention products ``QKᵀ`` and ``AV`` for one ``h×w`` input."""
-    cfg = model.cfg
-    n = math.ceil(h / cfg.patch) * math.ceil(w / cfg.patch)
-    return cfg.depth * 2 * 2 * n * n * cfg.heads * cfg.head_dim
-
-
 def forward_flops(model: MoFMENet, sizes: list[tuple[int, int]]) -> float:
     """Total FLOPs of one forward per ``(h, w)`` in ``sizes`` (routing/experts as configured)."""
-    device = next(model.parameters()).device
     total = 0.0
     cache: dict[tuple[int, int], float] = {}
     for size in sizes:
         if size not in cache:
-            flops = count_flops(model, size).total
-            if not sdpa_is_counted(device):
-                flops += attention_flops(model, *size)
-            cache[size] = flops
+            cache[size] = count_flops(model, size).total  # attention included
         total += cache[size]
     return total
 

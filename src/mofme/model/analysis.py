@@ -8,6 +8,7 @@ norms and activations are not counted (they are < 2 % here).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -88,10 +89,19 @@ def count_flops(
         return float(sum(per_module.get(prefix, {}).values()))
 
     total = flops("Global")
+    # PyTorch's counter has no formula for the CPU fused-attention kernel: add QKᵀ and AV
+    # (2 matmuls of 2·N²·head_dim FLOPs per head) analytically when it counted none.
+    counted_attention = any("scaled_dot_product" in str(op) for op in per_module.get("Global", {}))
+    attention = 0.0
+    if not counted_attention:
+        cfg = model.cfg
+        n = math.ceil(h / cfg.patch) * math.ceil(w / cfg.patch)
+        attention = cfg.depth * batch * cfg.heads * 4.0 * n * n * cfg.head_dim
+        total += attention
     parts = {"head": flops("MoFMENet.head"), "embed": flops("MoFMENet.embed")}
     experts = sum(flops(f"MoFMENet.blocks.{i}.fme.experts") for i in range(model.cfg.depth))
     blocks = sum(flops(f"MoFMENet.blocks.{i}") for i in range(model.cfg.depth))
-    parts["encoder"] = blocks - experts
+    parts["encoder"] = blocks - experts + attention
     parts["experts"] = experts
     parts["unpatch"] = flops("MoFMENet.unpatch")
     parts["tail"] = flops("MoFMENet.tail")
