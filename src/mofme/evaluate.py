@@ -67,6 +67,14 @@ PSNR_CAP = 100.0
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y")
 
 
+class InputAsOutput(nn.Module):
+    """The "no restoration" baseline: returns the degraded input (its first 3 channels), so the
+    same evaluation gives the input's own PSNR / SSIM (``mofme test --input-baseline``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, :3]
+
+
 @dataclass
 class Record:
     """Scores of one evaluated image or video frame."""

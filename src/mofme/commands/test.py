@@ -87,6 +87,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="input size for the GFLOPs count (default 240x240, the training crop; none: skip)",
     )
     p.add_argument("--strict", action="store_true", help="stop at an unreadable image")
+    p.add_argument(
+        "--input-baseline",
+        action="store_true",
+        help="also score the degraded inputs themselves (no restoration) for comparison",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_argument(p)
     # --routing (from add_model_arguments) also takes a comma list here: a routing sweep.
@@ -179,6 +184,7 @@ def _run(args: argparse.Namespace) -> int:
     from mofme.commands.common import load_model, resolve_device
     from mofme.data.datasets import find_videos
     from mofme.evaluate import (
+        InputAsOutput,
         evaluate_images,
         evaluate_videos,
         limit_per_group,
@@ -219,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     source = args.ckpt or (f"preset {args.preset} (untrained)" if args.preset else "bundled")
     print(f"evaluating {source} on {root} ({layout}: {items}) on {device}", file=sys.stderr)
 
-    def run_once(save_dir: str | None = args.save_images) -> Any:
+    def run_once(save_dir: str | None = args.save_images, net: Any = model) -> Any:
         common = dict(
             tile=args.tile,
             overlap=args.overlap,
@@ -232,8 +238,8 @@ def _run(args: argparse.Namespace) -> int:
             flops_size=flops_size,
         )
         if layout == "rvsd":
-            return evaluate_videos(model, videos, max_frames=args.max_images, **common)
-        return evaluate_images(model, pairs, **common)
+            return evaluate_videos(net, videos, max_frames=args.max_images, **common)
+        return evaluate_images(net, pairs, **common)
 
     meta = {
         "source": str(source),
@@ -242,6 +248,12 @@ def _run(args: argparse.Namespace) -> int:
         "split": args.split,
         "max_images": args.max_images,
     }
+    baseline = None
+    if args.input_baseline:
+        baseline = run_once(save_dir=None, net=InputAsOutput())
+        print("input (no restoration):")
+        print(baseline.to_markdown().split("\n\nparams:")[0] + "\n")
+        print("restored:")
     if len(specs) <= 1:
         result = run_once()
         result.meta.update(meta)
@@ -276,6 +288,8 @@ def _run(args: argparse.Namespace) -> int:
             "sweep": rows,
             "results": {spec: r.to_dict() for spec, r in zip(specs, results)},
         }
+    if baseline is not None:
+        payload["input_baseline"] = baseline.to_dict()
     if args.out:
         text = json.dumps(payload, indent=2, allow_nan=False)
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
