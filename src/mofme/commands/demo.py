@@ -1,0 +1,48 @@
+"""``mofme demo``: the whole tool in one command, on bundled weights and photos."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mofme.commands.common import add_device_argument, parse_size, resolve_device
+
+HELP = "restore weathered images and a snowy clip with the bundled weights (no download)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="mofme_demo", help="output folder (default ./mofme_demo)")
+    p.add_argument("--size", default="192x256", help="image and frame size HxW (default 192x256)")
+    p.add_argument("--frames", type=int, default=16, help="frames of the snowy clip (default 16)")
+    p.add_argument(
+        "--routing",
+        default=None,
+        help="expert selection, e.g. topk:2 or topp:0.6 (default: each model's trained routing)",
+    )
+    p.add_argument("--image-ckpt", default=None, help="image checkpoint (default: bundled)")
+    p.add_argument("--video-ckpt", default=None, help="video checkpoint (default: bundled)")
+    add_device_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mofme import checkpoint
+    from mofme.demo import run_demo
+    from mofme.errors import MofmeError
+    from mofme.weights import bundled_path
+
+    if args.frames < 1:
+        raise MofmeError(f"--frames must be at least 1, got {args.frames}")
+    device = resolve_device(args.device)
+    image_model = checkpoint.load(args.image_ckpt or bundled_path("image"), device)
+    video_model = checkpoint.load(args.video_ckpt or bundled_path("video"), device)
+    if args.routing:
+        for m in (image_model, video_model):
+            m.set_routing(args.routing)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise MofmeError(f"--out {out} exists and is not a folder")
+    res = run_demo(image_model, video_model, out, parse_size(args.size), args.frames)
+    print(f"\ndone in {res.seconds:.0f} s; wrote")
+    for name, path in res.files.items():
+        print(f"  {name:<13} {path}")
+    return 0
