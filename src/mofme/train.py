@@ -938,81 +938,59 @@ class Trainer:
         result["step"] = self.step
         return result
 
-    def _restore(self, x: Tensor) -> Tensor:
+    def _validate_images(self) -> dict[str, Any]:
+        from mofme.data.io import read_image, to_tensor
+        from mofme.evaluate import evaluate_images
         from mofme.inference.tiling import restore_image
 
-        return restore_image(self.eval_model, x, tile=self.cfg.data.val_tile).clamp(0, 1)
-
-    def _validate_images(self) -> dict[str, Any]:
-        from mofme.data.io import load_image, to_tensor
-        from mofme.metrics import psnr, ssim
-
-        per_group: dict[str, list[tuple[float, float]]] = {}
+        tile = self.cfg.data.val_tile
+        res = evaluate_images(
+            self.eval_model, self.val_items, tile=tile, progress=False, strict=True,
+            flops_size=None, warmup=False,
+        )  # fmt: skip
         samples = []
-        for i, pair in enumerate(self.val_items):
-            inp = to_tensor(load_image(pair.input).rgb)[None]
-            gt = to_tensor(load_image(pair.gt).rgb)[None]
-            if inp.shape != gt.shape:
-                raise MofmeError(f"size mismatch: {pair.input} vs {pair.gt}")
-            out = self._restore(inp).cpu()
-            values = (float(psnr(out, gt)[0]), float(ssim(out, gt)[0]))
-            per_group.setdefault(pair.group, []).append(values)
-            if i < self.cfg.data.val_samples:
-                samples.append((pair.input.name, torch.cat([inp[0], out[0], gt[0]], dim=2)))
-        return self._summarise(per_group, samples)
+        for pair in self.val_items[: self.cfg.data.val_samples]:
+            inp, gt = (to_tensor(read_image(p))[None] for p in (pair.input, pair.gt))
+            out = restore_image(self.eval_model, inp, tile=tile).clamp(0, 1).cpu()
+            samples.append((pair.input.name, torch.cat([inp[0], out[0], gt[0]], dim=2)))
+        return self._summarise(res, samples)
 
     def _validate_video(self) -> dict[str, Any]:
-        from mofme.data.io import load_image, to_tensor
-        from mofme.metrics import psnr, ssim
+        from mofme.data.io import read_image, to_tensor
+        from mofme.evaluate import evaluate_videos
+        from mofme.inference.video import restore_clip
 
         d = self.cfg.data
-        uses_reference = self.model_cfg.in_channels == 6
-        feed_back = self.cfg.video.reference != "none"
-        video_scores: list[tuple[float, float]] = []
+        # The inference path itself (VideoRestorer): mean over frames per video, then videos.
+        res = evaluate_videos(
+            self.eval_model, self.val_items, tile=d.val_tile, progress=False, strict=True,
+            max_frames=d.val_max_images, flops_size=None, warmup=False,
+        )  # fmt: skip
         samples = []
-        for video in self.val_items:
-            n = len(video.snow_frames)
-            if d.val_max_images is not None:
-                n = min(n, d.val_max_images)
-            ref: Tensor | None = None
-            scores = []
-            for f in range(n):
-                frame = to_tensor(load_image(video.snow_frames[f]).rgb)[None]
-                gt = to_tensor(load_image(video.clean_frames[f]).rgb)[None]
-                if uses_reference:
-                    r = ref if ref is not None else torch.zeros_like(frame)
-                    out = self._restore(torch.cat([frame, r], 1)).cpu()
-                    if feed_back:
-                        ref = out
-                else:
-                    out = self._restore(frame).cpu()
-                scores.append((float(psnr(out, gt)[0]), float(ssim(out, gt)[0])))
-                if f == min(1, n - 1) and len(samples) < d.val_samples:
-                    samples.append((f"{video.name}/{f}", torch.cat([frame[0], out[0], gt[0]], 2)))
-            # Mean over frames per video, then over videos (SPEC §6).
-            mean_psnr, mean_ssim = np.mean(scores, axis=0)
-            video_scores.append((float(mean_psnr), float(mean_ssim)))
-        return self._summarise({"video": video_scores}, samples)
+        for video in self.val_items[: d.val_samples]:
+            f = min(1, len(video.snow_frames) - 1)  # frame 1: restored with a reference
+            frames = torch.stack([to_tensor(read_image(p)) for p in video.snow_frames[: f + 1]])
+            out = restore_clip(self.eval_model, frames)[f].clamp(0, 1).cpu()
+            gt = to_tensor(read_image(video.clean_frames[f]))
+            samples.append((f"{video.name}/{f}", torch.cat([frames[f], out, gt], 2)))
+        return self._summarise(res, samples, group="video")
 
     def _summarise(
-        self, per_group: dict[str, list[tuple[float, float]]], samples: list[tuple[str, Tensor]]
+        self, res: Any, samples: list[tuple[str, Tensor]], group: str | None = None
     ) -> dict[str, Any]:
-        groups = {
-            g: {
-                "psnr": float(np.mean([v[0] for v in vals])),
-                "ssim": float(np.mean([v[1] for v in vals])),
-            }
-            for g, vals in per_group.items()
-        }
-        # Overall: mean over test sets (each set counts once, as papers average them).
-        result = {
-            "psnr": float(np.mean([g["psnr"] for g in groups.values()])),
-            "ssim": float(np.mean([g["ssim"] for g in groups.values()])),
-            "groups": groups,
-            "count": sum(len(v) for v in per_group.values()),
-        }
+        """Validation summary from an ``EvalResult``: the mean over test sets (or videos)."""
+        avg = res.average
+        if group is None:
+            groups = {r["name"]: {"psnr": r["psnr"], "ssim": r["ssim"]} for r in res.rows}
+        else:
+            groups = {group: {"psnr": avg["psnr"], "ssim": avg["ssim"]}}
         self._val_samples = samples
-        return result
+        return {
+            "psnr": avg["psnr"],
+            "ssim": avg["ssim"],
+            "groups": groups,
+            "count": len(res.rows) if group else len(res.records),
+        }
 
     def _record_validation(self) -> None:
         """Validate on rank 0, log, keep the best model; other ranks wait."""
