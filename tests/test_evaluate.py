@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -353,3 +354,27 @@ def test_layout_detection_and_transweather_default_lists(
     ]
     only = find_image_pairs(tw, "transweather", "snowtest100k_L.txt")
     assert [p.group for p in only] == ["snowtest100k_L"]
+
+
+def test_cli_input_baseline_scores_the_degraded_inputs(
+    mofme_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mofme.data.datasets import find_pairs
+    from mofme.data.io import read_image, to_tensor
+    from mofme.metrics import psnr
+
+    out = tmp_path / "results.json"
+    rc = main(
+        ["test", "--preset", "tiny", "--data", str(mofme_root), "--out", str(out), "--input-baseline",
+         "--no-progress", "--flops-size", "none", "--max-images", "1", "--device", "cpu"]
+    )  # fmt: skip
+    assert rc == 0
+    assert "input (no restoration):" in capsys.readouterr().out
+    baseline = json.loads(out.read_text())["input_baseline"]
+    first: dict[str, Any] = {}
+    for p in find_pairs(mofme_root, "mofme", "test"):
+        first.setdefault(p.group, p)
+    for row in baseline["rows"]:
+        pair = first[row["name"]]
+        x, y = (to_tensor(read_image(p))[None] for p in (pair.input, pair.gt))
+        assert row["psnr"] == pytest.approx(min(float(psnr(x, y)[0]), 100.0), abs=1e-6)
