@@ -653,6 +653,11 @@ class Trainer:
             for name in RUN_FILES:
                 (self.out / name).unlink(missing_ok=True)
             shutil.rmtree(self.out / "tb", ignore_errors=True)
+        if self.dist.main:
+            # A run killed (SIGKILL) in the middle of an atomic save leaves its temp file.
+            for name in RUN_FILES:
+                for stale in self.out.glob(f".{name}.*.tmp"):
+                    stale.unlink(missing_ok=True)
         self._barrier()
 
         # Same seed on every rank for the weights (DDP also broadcasts them from rank 0).
