@@ -19,9 +19,9 @@ mofme train configs/bundled_image.yaml "${common[@]}" --set model.routing=topp:0
 mkdir -p results
 for arm in ref single; do
   mofme test runs/abl_video_$arm/model_last.safetensors --data data/synth_rvsd --no-progress \
-    --out results/abl_video_$arm.json | tee results/abl_video_$arm.md
+    --input-baseline --out results/abl_video_$arm.json | tee results/abl_video_$arm.md
 done
 for arm in linear uar topp; do
   mofme test runs/abl_image_$arm/model_last.safetensors --data data/aw --no-progress \
-    --routing topk:2,topp:0.6 --out results/abl_image_$arm.json | tee results/abl_image_$arm.md
+    --routing topk:2,topp:0.6 --flops-size none --out results/abl_image_$arm.json | tee results/abl_image_$arm.md
 done
