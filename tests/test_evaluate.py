@@ -378,3 +378,18 @@ def test_cli_input_baseline_scores_the_degraded_inputs(
         pair = first[row["name"]]
         x, y = (to_tensor(read_image(p))[None] for p in (pair.input, pair.gt))
         assert row["psnr"] == pytest.approx(min(float(psnr(x, y)[0]), 100.0), abs=1e-6)
+
+
+def test_official_crops_path_scores_the_official_output(mofme_root: Path) -> None:
+    from mofme.data.datasets import find_pairs
+    from mofme.data.io import read_image, to_tensor
+    from mofme.inference.tiling import official_crops
+
+    model = small_model()
+    pairs = find_pairs(mofme_root, "mofme", "test")[:1]
+    res = evaluate_images(model, pairs, official=True, progress=False, flops_size=None)
+    x, gt = (to_tensor(read_image(p))[None] for p in (pairs[0].input, pairs[0].gt))
+    expected = float(psnr(official_crops(model, x).clamp(0, 1), gt)[0])
+    assert res.records[0].psnr == pytest.approx(expected, abs=1e-6)
+    assert res.meta["official_crops"] is True
+    assert model.cfg.expert_impl == "sparse"  # official_crops restored the model's setting

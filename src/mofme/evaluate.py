@@ -398,6 +398,7 @@ def evaluate_images(
     overlap: int = 32,
     flops_size: tuple[int, int] | None = (240, 240),
     warmup: bool = True,
+    official: bool = False,
 ) -> EvalResult:
     """Restore and score every pair; group the results by ``pair.group``.
 
@@ -417,8 +418,16 @@ def evaluate_images(
             skipped image is warned about and listed in ``EvalResult.failed``).
         flops_size: ``(H, W)`` at which GFLOPs are counted; ``None`` skips the count.
         warmup: run one untimed pass first so the first timing excludes start-up costs.
+        official: restore like the official MoFME code instead (overlapping 240×240 crops,
+            dense experts, fp32, overlaps averaged), to compare against our default path.
     """
     _check_amp(amp)
+
+    def restore(inp: Tensor) -> Tensor:
+        if official:
+            return tiling.official_crops(model, inp)
+        return tiling.restore_image(model, inp, tile=tile, overlap=overlap, amp=amp)
+
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     reference = model_in_channels(model) == 6
@@ -440,12 +449,12 @@ def evaluate_images(
             if reference:
                 inp = torch.cat([inp, torch.zeros_like(inp)], dim=1)  # (1, 6, H, W)
             if need_warmup:
-                tiling.restore_image(model, inp, tile=tile, overlap=overlap, amp=amp)
+                restore(inp)
                 need_warmup = False
             meter.reset()
             _sync(device)
             start = time.perf_counter()
-            out = tiling.restore_image(model, inp, tile=tile, overlap=overlap, amp=amp)
+            out = restore(inp)
             _sync(device)
             ms = 1000.0 * (time.perf_counter() - start)
             out = out.float().clamp(0.0, 1.0)
@@ -465,6 +474,7 @@ def evaluate_images(
                 save_image(dest, to_numpy(out))
 
     meta = {"resize": list(resize) if resize else None, "tile": tile, "amp": amp}
+    meta["official_crops"] = official
     meta["device"] = str(device)
     return _summarise("images", records, failed, model, flops_size, meta)
 

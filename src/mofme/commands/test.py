@@ -88,6 +88,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--strict", action="store_true", help="stop at an unreadable image")
     p.add_argument(
+        "--official-crops",
+        action="store_true",
+        help="restore like the official MoFME code (overlapping 240x240 crops, dense experts, "
+        "fp32, overlaps averaged) to compare with the default path (images only)",
+    )
+    p.add_argument(
         "--input-baseline",
         action="store_true",
         help="also score the degraded inputs themselves (no restoration) for comparison",
@@ -209,6 +215,8 @@ def _run(args: argparse.Namespace) -> int:
         parse_routing(spec)  # a typo fails now, not after an evaluation
     args.routing = specs[0] if len(specs) == 1 else None  # a sweep sets routing per run
     layout = args.layout or detect_layout(root)
+    if args.official_crops and (layout == "rvsd" or args.tile is not None):
+        raise MofmeError("--official-crops is for image test sets and replaces --tile")
 
     # Find the data before loading a model, so data errors come first and fast.
     if layout == "rvsd":
@@ -239,7 +247,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         if layout == "rvsd":
             return evaluate_videos(net, videos, max_frames=args.max_images, **common)
-        return evaluate_images(net, pairs, **common)
+        official = args.official_crops and not isinstance(net, InputAsOutput)
+        return evaluate_images(net, pairs, official=official, **common)
 
     meta = {
         "source": str(source),
