@@ -1,0 +1,40 @@
+"""``mofme demo`` end to end on the bundled weights (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+from mofme.cli import main
+from mofme.weights import bundled_path
+
+
+def test_bundled_weights_load() -> None:
+    from mofme import checkpoint
+
+    image = checkpoint.load(bundled_path("image"))
+    video = checkpoint.load(bundled_path("video"))
+    assert image.cfg.in_channels == 3 and video.cfg.in_channels == 6
+    assert image.extra.get("kind") == "image" and video.extra.get("kind") == "video"
+
+
+def test_demo_end_to_end_improves_psnr(tmp_path, capsys) -> None:
+    out = tmp_path / "demo out"
+    assert main(["demo", "--out", str(out), "--size", "128x160", "--frames", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "summary.html" in printed
+    for name in (
+        "summary.html",
+        "summary.md",
+        "results.json",
+        "snowy_clip_restored.mp4",
+        "routing_top8.png",
+        "images/video_frame.png",
+    ):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["images"]) == 5
+    for row in res["images"]:
+        assert (out / row["file"]).is_file()
+        assert row["psnr_out"] > row["psnr_in"], row
+    assert res["video"]["psnr_out"] > res["video"]["psnr_in"]
+    assert not list(out.rglob(".*tmp*"))  # no temporary files left behind
