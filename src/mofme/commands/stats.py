@@ -20,7 +20,6 @@ HELP = (
 )
 
 LAYOUT_CHOICES = ("rvsd", "mofme", "transweather", "folder")
-VIDEO_SPLITS = ("train", "test", "test_video")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,26 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
 
 
-def detect_layout(root: Path, split: str | None = None) -> str:
-    """Guess the layout of ``root`` from its folders (see ``--layout``)."""
-    if not root.is_dir():
-        raise MofmeError(f"dataset root {root} does not exist")
-    if any((root / s / "snow").is_dir() and (root / s / "clean").is_dir() for s in VIDEO_SPLITS):
-        return "rvsd"
-    if split and split.endswith(".txt"):
-        return "transweather"
-    if any(p.is_dir() for p in root.glob("test_*")):
-        return "mofme"
-    if (root / "input").is_dir():  # find_pairs names a missing gt/ folder
-        return "folder"
-    if split and (root / split / "input").is_dir():
-        return "folder"
-    raise MofmeError(
-        f"cannot tell the dataset layout of {root}: expected {{train,test}}/{{snow,clean}}/ "
-        "(rvsd), test_*/ (mofme) or input/ and gt/ (folder); give --layout"
-    )
-
-
 def _check_positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise MofmeError(f"{name} must be >= 1, got {value}")
@@ -90,7 +69,7 @@ def _overlap(tile: int | None, overlap: int | None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from mofme.commands.common import load_model
-    from mofme.data.datasets import find_pairs, find_videos
+    from mofme.data.datasets import detect_layout, find_pairs, find_videos
     from mofme.stats import collect_images, collect_video, to_markdown, write_report
 
     for name in ("max_frames", "max_images", "tile"):

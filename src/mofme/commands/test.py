@@ -15,14 +15,6 @@ from mofme.errors import MofmeError
 HELP = "evaluate a checkpoint (PSNR/SSIM on RGB and Y, speed, active experts) on test data"
 
 LAYOUTS = ("mofme", "transweather", "folder", "rvsd")
-#: TransWeather / WeatherDiffusion test lists, evaluated when present and no --split is given.
-TRANSWEATHER_TEST_LISTS = (
-    "test1.txt",
-    "raindroptesta.txt",
-    "snowtest100k_L.txt",
-    "snowtest100k_S.txt",
-)
-
 EPILOG = """\
 layouts (auto-detected unless --layout is given):
   rvsd          ROOT/{train,test,test_video}/{snow,clean}/<video>/<frame>   (split: test)
@@ -103,24 +95,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # --routing (from add_model_arguments) also takes a comma list here: a routing sweep.
 
 
-def detect_layout(root: Path) -> str:
-    """Guess the layout of ``root`` from its folders and files (see ``EPILOG``)."""
-    for split in ("test", "test_video", "train"):
-        if (root / split / "snow").is_dir() and (root / split / "clean").is_dir():
-            return "rvsd"
-    if any((p / "input").is_dir() for p in root.glob("test_*")):
-        return "mofme"
-    if any((root / name).is_file() for name in TRANSWEATHER_TEST_LISTS):
-        return "transweather"
-    if (root / "input").is_dir() and (root / "gt").is_dir():
-        return "folder"
-    raise MofmeError(
-        f"cannot tell the dataset layout of {root}: looked for {{test,test_video,train}}/"
-        f"{{snow,clean}} (rvsd), test_*/input (mofme), {', '.join(TRANSWEATHER_TEST_LISTS)} "
-        "(transweather) and input + gt (folder); pass --layout"
-    )
-
-
 def parse_resize(text: str | None) -> tuple[int, int] | None:
     """``720x480`` (width x height, as Pillow's ``resize``) -> ``(720, 480)``."""
     if text is None:
@@ -140,6 +114,7 @@ def _splits(text: str | None) -> list[str]:
 
 def default_test_lists(root: Path) -> list[str]:
     """The standard test lists present in ``root``, then any other ``*test*.txt`` there."""
+    from mofme.data.datasets import TRANSWEATHER_TEST_LISTS
     from mofme.data.io import natural_key
 
     known = [n for n in TRANSWEATHER_TEST_LISTS if (root / n).is_file()]
@@ -152,7 +127,7 @@ def default_test_lists(root: Path) -> list[str]:
 
 def find_image_pairs(root: Path, layout: str, split: str | None) -> list[Any]:
     """Test pairs for an image layout, every requested split concatenated."""
-    from mofme.data.datasets import find_pairs
+    from mofme.data.datasets import TRANSWEATHER_TEST_LISTS, find_pairs
 
     splits = _splits(split)
     if layout == "mofme":
@@ -188,7 +163,7 @@ def _show_warning(message: Any, category: Any, filename: Any, lineno: Any, *rest
 def _run(args: argparse.Namespace) -> int:
     from mofme.checkpoint import atomic_write
     from mofme.commands.common import load_model, resolve_device
-    from mofme.data.datasets import find_videos
+    from mofme.data.datasets import detect_layout, find_videos
     from mofme.evaluate import (
         InputAsOutput,
         evaluate_images,

@@ -55,6 +55,13 @@ __all__ = [
 ]
 
 LAYOUTS = ("mofme", "transweather", "folder")
+#: TransWeather / WeatherDiffusion test lists (evaluated by default when present).
+TRANSWEATHER_TEST_LISTS = (
+    "test1.txt",
+    "raindroptesta.txt",
+    "snowtest100k_L.txt",
+    "snowtest100k_S.txt",
+)
 
 
 @dataclass(frozen=True)
@@ -534,3 +541,32 @@ class VideoClipDataset(_SkippingDataset):
             "video": video.name,
             "start": start,
         }
+
+
+def detect_layout(root: str | os.PathLike[str], split: str | None = None) -> str:
+    """Guess the layout of ``root``: ``rvsd``, ``mofme``, ``transweather`` or ``folder``.
+
+    In this order: ``{test,test_video,train}/{snow,clean}`` is RVSD; a ``.txt`` split or a known
+    test list file is TransWeather (a ``test_*/input`` folder, MoFME, is checked before the
+    lists); ``input/`` (or ``split/input``) is a plain folder pair (a missing ``gt/`` is then
+    reported by :func:`find_pairs`, naming it).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MofmeError(f"dataset root {root} does not exist")
+    for s in ("test", "test_video", "train"):
+        if (root / s / "snow").is_dir() and (root / s / "clean").is_dir():
+            return "rvsd"
+    if split and split.endswith(".txt"):
+        return "transweather"
+    if any((p / "input").is_dir() for p in root.glob("test_*")):
+        return "mofme"
+    if any((root / name).is_file() for name in TRANSWEATHER_TEST_LISTS):
+        return "transweather"
+    if (root / "input").is_dir() or (split and (root / split / "input").is_dir()):
+        return "folder"
+    raise MofmeError(
+        f"cannot tell the dataset layout of {root}: looked for {{test,test_video,train}}/"
+        f"{{snow,clean}} (rvsd), test_*/input (mofme), {', '.join(TRANSWEATHER_TEST_LISTS)} "
+        "(transweather) and input/ (folder); pass --layout"
+    )
