@@ -16,6 +16,7 @@ from mofme.errors import MofmeError
 ROUTERS = ("linear", "uar")
 SELECTIONS = ("topk", "topp", "dense")
 EXPERT_IMPLS = ("sparse", "dense")
+UNPATCH_KINDS = ("linear", "overlap")
 
 
 @dataclass
@@ -97,6 +98,11 @@ class ModelConfig:
     uar_tau: float = 10.0  # initial temperature of the UaR router (learned)
     expert_impl: str = "sparse"  # sparse (gather/scatter) | dense (reference)
     global_residual: bool = False
+    # How tokens become pixels: "linear" (the paper: one Linear per token, pixel-shuffled; each
+    # 8x8 block is computed from one token alone, so any error shows as a block grid) or
+    # "overlap" (a transposed conv, kernel 2P stride P: every pixel blends the 4 nearest
+    # tokens, which removes the grid on flat areas). The paper presets keep "linear".
+    unpatch: str = "linear"
     routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     def validate(self) -> None:
@@ -104,6 +110,10 @@ class ModelConfig:
             raise MofmeError(f"unknown router {self.router!r}; use one of {ROUTERS}")
         if self.expert_impl not in EXPERT_IMPLS:
             raise MofmeError(f"unknown expert_impl {self.expert_impl!r}; use one of {EXPERT_IMPLS}")
+        if self.unpatch not in UNPATCH_KINDS:
+            raise MofmeError(f"unknown unpatch {self.unpatch!r}; use one of {UNPATCH_KINDS}")
+        if self.unpatch == "overlap" and self.patch % 2:
+            raise MofmeError(f"unpatch 'overlap' needs an even patch size, got {self.patch}")
         for name in (
             "in_channels",
             "out_channels",

@@ -74,13 +74,22 @@ class MoFMENet(nn.Module):
         self.embed_norm = nn.LayerNorm(cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         u = cfg.unpatch_channels
-        self.unpatch = nn.Linear(cfg.dim, cfg.patch * cfg.patch * u)
+        if cfg.unpatch == "overlap":
+            p = cfg.patch
+            self.unpatch: nn.Module = nn.ConvTranspose2d(cfg.dim, u, 2 * p, stride=p, padding=p // 2)
+        else:
+            self.unpatch = nn.Linear(cfg.dim, cfg.patch * cfg.patch * u)
         self.tail = nn.Sequential(
             ResBlock(u),
             nn.Conv2d(u, u // 2, 3, padding=1),
             ResBlock(u // 2),
             nn.Conv2d(u // 2, cfg.out_channels, 3, padding=1),
         )
+        if cfg.global_residual and cfg.unpatch == "overlap":
+            # Start as the identity (zero correction): a clean input is returned unchanged
+            # before any training, and training only learns what weather needs removing.
+            nn.init.zeros_(self.tail[-1].weight)
+            nn.init.zeros_(self.tail[-1].bias)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: object) -> MoFMENet:
@@ -160,8 +169,12 @@ class MoFMENet(nn.Module):
         # Token feature (c, i, j) becomes pixel (c, y·P + i, x·P + j): pixel_shuffle's order,
         # done as one permuted copy (about 4x faster on CPU than transpose + pixel_shuffle).
         u = self.cfg.unpatch_channels
-        up = self.unpatch(tok).view(b, gh, gw, u, p, p)  # (B, h', w', 128, P, P)
-        img = up.permute(0, 3, 1, 4, 2, 5).reshape(b, u, gh * p, gw * p)  # (B, 128, H', W')
+        if self.cfg.unpatch == "overlap":
+            grid = tok.transpose(1, 2).reshape(b, -1, gh, gw)  # (B, D, h', w')
+            img = self.unpatch(grid)  # (B, 128, H', W'), each pixel from the 4 nearest tokens
+        else:
+            up = self.unpatch(tok).view(b, gh, gw, u, p, p)  # (B, h', w', 128, P, P)
+            img = up.permute(0, 3, 1, 4, 2, 5).reshape(b, u, gh * p, gw * p)
         out = self.tail(img)  # (B, 3, H', W')
         if self.cfg.global_residual:
             out = out + torch.logit(x_in[:, :3].clamp(1e-4, 1 - 1e-4))
