@@ -14,8 +14,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from mofme.cli import main
-from mofme.commands.test import find_image_pairs
-from mofme.data.datasets import detect_layout, find_pairs, find_videos
+from mofme.data.datasets import detect_layout, find_image_pairs, find_pairs, find_videos
 from mofme.errors import MofmeError
 from mofme.evaluate import (
     PSNR_CAP,

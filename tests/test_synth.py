@@ -13,7 +13,8 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from mofme.commands import synth as synth_cmd
 from mofme.data import synth, weather
-from mofme.data.weather import PSNR_BANDS, SEVERITIES, WEATHER_TYPES
+from mofme.data.calibration import PSNR_BANDS, band_sample
+from mofme.data.weather import SEVERITIES, WEATHER_TYPES
 from mofme.errors import MofmeError
 
 TYPES = list(WEATHER_TYPES)
@@ -103,7 +104,7 @@ def test_bad_arguments_are_clear_errors(clean: np.ndarray) -> None:
 def test_psnr_within_measured_bands() -> None:
     """Fresh samples (seed 99, not the calibration seed) fall inside the measured bands."""
     for i in range(2):
-        view = weather.band_sample(i, seed=99)
+        view = band_sample(i, seed=99)
         for ti, (name, fn) in enumerate(WEATHER_TYPES.items()):
             for si, sev in enumerate(SEVERITIES):
                 out = fn(view, np.random.default_rng([99, 8, i, ti, si]), sev)
@@ -205,14 +206,14 @@ def _write_video(path: Path, n: int = 6, size: tuple[int, int] = (48, 64)) -> No
 def test_video_frames_reads_and_rejects(tmp_path: Path) -> None:
     video = tmp_path / "clip.mp4"
     _write_video(video)
-    frames = weather.video_frames(video, 4, (24, 32))
+    frames = synth.video_clip(video, 4, (24, 32))
     assert len(frames) == 4 and frames[0].shape == (24, 32, 3)
     assert frames[3].mean() > frames[0].mean()  # the bright bar grows
-    assert len(weather.video_frames(video, 100, (24, 32), start=2)) == 4
+    assert len(synth.video_clip(video, 100, (24, 32), start=2)) == 4
     bad = tmp_path / "not_a_video.mp4"
     bad.write_bytes(b"definitely not a video")
     with pytest.raises(MofmeError, match="not_a_video"):
-        weather.video_frames(bad, 4, (24, 32))
+        synth.video_clip(bad, 4, (24, 32))
 
 
 # ------------------------------------------------------------------------------ sources
@@ -268,12 +269,14 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def test_write_allweather_layout(tmp_path: Path) -> None:
     out = tmp_path / "aw"
-    meta = synth.write_allweather(out, n_train=6, n_test=2, size_hw=(64, 64), progress=False)
+    meta = synth.write_allweather(
+        out, n_train=8, n_test=2, size_hw=(64, 64), progress=False, identity_share=0.0
+    )
     for split in ("train", "test_rain", "test_raindrop", "test_snow", "test_haze"):
         assert (out / split / "input").is_dir() and (out / split / "gt").is_dir()
     train = sorted(p.name for p in (out / "train" / "input").iterdir())
     assert train == sorted(p.name for p in (out / "train" / "gt").iterdir())
-    assert len(train) == 6 and {n.split("_", 1)[1][:-4] for n in train} == set(synth.TRAIN_TYPES)
+    assert len(train) == 8 and {n.split("_", 1)[1][:-4] for n in train} == set(synth.TRAIN_TYPES)
     assert sorted(p.name for p in (out / "test_raindrop" / "input").iterdir()) == [
         "00000_rain.png",
         "00001_rain.png",
@@ -286,7 +289,7 @@ def test_write_allweather_layout(tmp_path: Path) -> None:
     img = _load(out / "test_snow" / "input" / "00000.png")
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8
 
-    counts = {"allweather.txt": 6, "test1.txt": 2, "raindroptesta.txt": 2}
+    counts = {"allweather.txt": 8, "test1.txt": 2, "raindroptesta.txt": 2}
     counts |= {"snowtest100k_L.txt": 2, "hazetest.txt": 2}
     for name, n in counts.items():
         lines = (out / name).read_text().splitlines()
@@ -303,22 +306,22 @@ def test_write_allweather_layout(tmp_path: Path) -> None:
 
     on_disk = json.loads((out / "meta.json").read_text())
     assert on_disk["seed"] == 0 and on_disk["size_hw"] == [64, 64]
-    assert len(on_disk["files"]) == 6 + 4 * 2 == len(meta["files"])
+    assert len(on_disk["files"]) == 8 + 4 * 2 == len(meta["files"])
     for rec in on_disk["files"]:
-        assert rec["type"] in WEATHER_TYPES and rec["severity"] in SEVERITIES
+        assert rec["type"] in synth.TRAIN_TYPES and rec["severity"] in SEVERITIES
         assert (out / rec["input"]).is_file() and (out / rec["gt"]).is_file()
 
 
 def test_write_allweather_deterministic_and_order_free(tmp_path: Path) -> None:
-    kw = {"size_hw": (32, 48), "progress": False}
+    kw = {"size_hw": (32, 48), "progress": False, "identity_share": 0.0}
     synth.write_allweather(tmp_path / "a", 5, 1, seed=3, **kw)
     synth.write_allweather(tmp_path / "b", 5, 1, seed=3, workers=2, **kw)
     synth.write_allweather(tmp_path / "c", 5, 1, seed=4, **kw)
     synth.write_allweather(tmp_path / "d", 2, 1, seed=3, **kw)
     a, b, c, d = (_tree(tmp_path / x) for x in "abcd")
     assert a == b  # same seed, two worker processes: same bytes
-    assert a["train/input/00000_rain_fog.png"] != c["train/input/00000_rain_fog.png"]
-    for name in ("train/input/00000_rain_fog.png", "train/gt/00001_raindrop.png"):
+    assert a["train/input/00001_rain_fog.png"] != c["train/input/00001_rain_fog.png"]
+    for name in ("train/input/00000_rain.png", "train/gt/00001_rain_fog.png"):
         assert d[name] == a[name]  # item i does not depend on the number of items
     # Test items draw from their own seed streams: no test image repeats a train image.
     train = {v for k, v in a.items() if k.startswith("train/")}
@@ -370,10 +373,11 @@ def _cli(argv: list[str]) -> int:
 def test_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "aw"
     args = ["allweather", "--out", str(out), "--train", "4", "--test", "1", "--size", "32x40"]
+    args += ["--identity-share", "0"]
     assert _cli([*args, "--preview", "--quiet"]) == 0
     assert "wrote 4 train pairs" in capsys.readouterr().out
     assert (out / "preview.png").is_file()
-    assert _load(out / "train/input/00000_rain_fog.png").shape == (32, 40, 3)
+    assert _load(out / "train/input/00001_rain_fog.png").shape == (32, 40, 3)
     with pytest.raises(MofmeError, match="not empty"):
         _cli([*args, "--quiet"])
     # --overwrite replaces the dataset, dropping files of the larger earlier run.

@@ -252,7 +252,7 @@ def test_train_run_writes_outputs(image_root: Path, tmp_path: Path) -> None:
     assert {"model_last.safetensors", "model_best.safetensors", "state_last.pt"} <= names
     assert {"log.jsonl", "val.jsonl", "config.yaml", "tb"} <= names
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logs] == [2, 4]
+    assert [r["step"] for r in logs] == [1, 2, 4]  # step 1, every log_every, the last step
     assert {"loss", "smooth_l1", "aux", "lr", "grad_norm", "active_experts"} <= set(logs[0])
     assert len(logs[0]["active_experts"]) == 1 and logs[0]["active_experts"][0] == 2.0  # top-2
     assert [json.loads(v)["step"] for v in (out / "val.jsonl").read_text().splitlines()] == [2, 4]
@@ -299,9 +299,9 @@ def test_resume_is_bit_identical(
         (sa["optimizer"]["state"][i], sb["optimizer"]["state"][i]) for i in sa["optimizer"]["state"]
     ]
     assert all(torch.equal(x["exp_avg_sq"], y["exp_avg_sq"]) for x, y in moments)
-    # log.jsonl has each step once.
+    # log.jsonl has each logged step once: step 1, every log_every, the stop at 3, the end.
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
-    assert steps == [2, 4, 6, 8]
+    assert steps == [1, 2, 3, 4, 6, 8]
 
 
 def test_resume_needs_state(image_root: Path, tmp_path: Path) -> None:

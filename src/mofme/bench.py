@@ -14,6 +14,10 @@ Two tables, all numbers from one run on one machine:
 2. **FME expert table** — the expert stage alone on ``N`` random tokens × ``dim`` with ``E``
    experts and a random linear router: dense (every expert on every token) vs sparse top-k vs
    sparse top-p, with the max abs difference to the dense result for the same routing weights.
+3. **ONNX Runtime table** (when ``onnx`` and ``onnxruntime`` are installed) — the same frame,
+   whole image, through PyTorch (default path: sparse experts, fast paths; and dense experts)
+   and through the ``mofme export`` graph in ONNX Runtime's CPU provider (dense masked experts,
+   the same thread count), with the max abs difference of the outputs.
 
 Timing rounds interleave the variants (round r runs every variant once), so a machine whose load
 changes during the run (shared CPUs) biases every variant alike; medians are reported.
@@ -59,22 +63,45 @@ def _median(values: list[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
+def _spread(values: list[float]) -> tuple[float, float]:
+    """``(min, max)`` of ``values``: the spread reported next to a median."""
+    return min(values), max(values)
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], object]], warmup: int, repeat: int, device: torch.device
 ) -> dict[str, list[float]]:
-    """Seconds per call of every function, measured in interleaved rounds."""
+    """Seconds per call of every function, measured in alternating rounds.
+
+    Round r runs every variant once, in the listed order on even rounds and reversed on odd
+    rounds: a load change on a shared machine then hits every variant alike (a variant's
+    repeats are never back to back), and a steady drift within a round cancels between
+    rounds. Times of round r of different variants are paired (see ``paired_ratios``).
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for r in range(repeat):
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             synchronize(device)
             start = time.perf_counter()
             fn()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def paired_ratios(times: dict[str, list[float]], base: str) -> dict[str, list[float]]:
+    """Per round, ``base``'s time over each variant's (the speed-up measured in that round).
+
+    Two runs of the same round saw about the same machine load, so their ratio moves much
+    less than the ratio of two medians taken at different times.
+    """
+    return {
+        name: [b / max(t, 1e-12) for b, t in zip(times[base], ts)] for name, ts in times.items()
+    }
 
 
 def _rss_bytes() -> int:
@@ -126,29 +153,69 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     return (peak - base) / 2**20
 
 
-def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, budget_s: float = 1.0) -> float:
-    """GFLOP/s of a large square ``torch.matmul`` in ``dtype`` (sized to take ~budget_s)."""
-    n = 256
+#: Peak matmuls are at least this large: smaller products do not reach the machine's peak
+#: (call overheads, caches), which made the reported fp32 peak move by 2x between runs.
+PEAK_MIN_N = 2048
+
+
+def _matmul_size(dtype: torch.dtype, device: torch.device, min_s: float) -> tuple[int, float]:
+    """Side ``n`` (>= PEAK_MIN_N) of a square product taking >= ``min_s``, and its seconds."""
+    n = PEAK_MIN_N
     while True:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        a @ b
+        a @ b  # first call: kernel selection, page faults
         synchronize(device)
         start = time.perf_counter()
         a @ b
         synchronize(device)
         elapsed = time.perf_counter() - start
-        # Grow until one product takes a measurable, compute-bound time.
-        if elapsed > budget_s / 8 or n >= 8192:
-            break
+        if elapsed >= min_s or n >= 8192:
+            return n, elapsed
         n *= 2
-    reps = max(1, min(50, int(budget_s / max(elapsed, 1e-6))))
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    synchronize(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def matmul_peaks(
+    device: torch.device,
+    dtypes: dict[str, torch.dtype] | None = None,
+    rounds: int = 5,
+    min_s: float = 0.05,
+) -> dict[str, dict[str, float]]:
+    """Measured matmul GFLOP/s per dtype: ``{"fp32": {"best", "median", "n"}, ...}``.
+
+    Square products of at least ``PEAK_MIN_N`` (grown until one takes ``min_s``), each
+    measurement repeated until it lasts ``min_s``, dtypes alternated over ``rounds`` rounds.
+    ``best`` is the peak (load on a shared machine only ever slows a run down), ``median`` the
+    typical rate under the current load.
+    """
+    dtypes = dtypes or {"fp32": torch.float32, "bf16": torch.bfloat16}
+    setup = {}
+    for name, dtype in dtypes.items():
+        n, elapsed = _matmul_size(dtype, device, min_s)
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        setup[name] = (a, b, n, max(1, math.ceil(min_s / max(elapsed, 1e-9))))
+    rates: dict[str, list[float]] = {name: [] for name in dtypes}
+    for r in range(rounds):
+        names = list(dtypes) if r % 2 == 0 else list(dtypes)[::-1]
+        for name in names:
+            a, b, n, reps = setup[name]
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            synchronize(device)
+            rates[name].append(2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
+    return {
+        name: {"best": max(v), "median": _median(v), "n": float(setup[name][2])}
+        for name, v in rates.items()
+    }
+
+
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, budget_s: float = 1.0) -> float:
+    """Best GFLOP/s of a large square ``torch.matmul`` in ``dtype`` (see ``matmul_peaks``)."""
+    rounds = max(3, int(budget_s / 0.1))
+    return matmul_peaks(device, {"x": dtype}, rounds=rounds)["x"]["best"]
 
 
 # ------------------------------------------------------------------------------- FLOPs
@@ -181,7 +248,11 @@ def tile_sizes(h: int, w: int, tile: int, overlap: int) -> list[tuple[int, int]]
 class FrameRow:
     name: str
     ms: float | None = None  # median ms per frame
-    speedup: float | None = None  # baseline ms / this ms
+    speedup: float | None = None  # median over rounds of (baseline ms / this ms), same round
+    ms_min: float | None = None  # spread of the timed rounds
+    ms_max: float | None = None
+    speedup_min: float | None = None  # spread of the per-round speed-ups
+    speedup_max: float | None = None
     gflops: float | None = None  # GFLOPs executed per frame
     gflops_per_s: float | None = None
     peak_pct: float | None = None  # of the fp32 (or bf16) matmul peak
@@ -198,6 +269,18 @@ class FmeRow:
     max_abs_diff: float
     mean_active_experts: float
     ktokens_per_s: float
+    speedup_min: float | None = None  # spread of the per-round speed-ups
+    speedup_max: float | None = None
+
+
+@dataclass
+class OnnxRow:
+    name: str
+    ms: float  # median ms per frame
+    ms_min: float
+    ms_max: float
+    speedup: float  # median over rounds of (PyTorch default ms / this ms), same round
+    max_abs_diff: float  # output vs the PyTorch default path's
 
 
 @dataclass
@@ -206,6 +289,7 @@ class BenchResult:
     frame: list[FrameRow] = field(default_factory=list)
     fme: list[FmeRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    onnx: list[OnnxRow] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -213,6 +297,7 @@ class BenchResult:
             "frame": [asdict(r) for r in self.frame],
             "fme": [asdict(r) for r in self.fme],
             "notes": self.notes,
+            "onnx": [asdict(r) for r in self.onnx],
         }
 
 
@@ -262,6 +347,9 @@ def run_frame_bench(
     overlap: int = 32,
     compile_model: bool = False,
     force_bf16: bool = False,
+    precision: str = "fp32",
+    fast_convs: bool = True,
+    matched_tile: tuple[int, int] | None = (240, 120),
     peaks: dict[str, float] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[list[FrameRow], list[str]]:
@@ -357,6 +445,32 @@ def run_frame_bench(
         forward_flops(plain, tile_sizes(h, w, tile, overlap)),
         "",
     )
+    # The chosen precision (probe or --precision): the default path as `mofme restore` runs it,
+    # and the tiling that matches the official pipeline's quality (README: 240/120 tiles were
+    # within 0.05 dB of the official crops with the bundled weights; whole frames were not).
+    # fast_convs=False: the probe measured optimize()'s convs as slower here.
+    chosen, amp = (fast if fast_convs else plain), "none"
+    convs = "" if fast_convs or not fast_notes else ", plain convs"
+    if precision == "int8":
+        from mofme.inference.fast import quantize_int8
+
+        chosen = copy.deepcopy(chosen)
+        quantize_int8(chosen)
+    elif precision == "bf16":
+        amp = "bf16"
+    if precision != "fp32" or convs:
+        variants[f"mofme default, {precision}{convs}: whole image, sparse experts"] = (
+            lambda: restore_image(chosen, x, amp=amp),
+            whole_sparse_flops,
+            "chosen",
+        )
+    if matched_tile is not None:
+        mt, mo = matched_tile
+        variants[f"matched quality: tiles {mt}/{mo}, sparse, {precision}{convs}"] = (
+            lambda: restore_image(chosen, x, tile=mt, overlap=mo, batch_tiles=batch_tiles, amp=amp),
+            forward_flops(plain, tile_sizes(h, w, mt, mo)),
+            "matched",
+        )
 
     log(f"frame bench: {len(variants)} variants x (1 + {warmup} warm-up + {repeat} timed) runs")
     # The first run of each variant (kept for the PSNR column) also warms it up.
@@ -365,16 +479,21 @@ def run_frame_bench(
     reference = outputs[base_name]
     peak = fp32_peak
     rows = []
-    base_ms = _median(times[base_name]) * 1e3
+    ratios = paired_ratios(times, base_name)
     for name, (fn, flops, note) in variants.items():
         ms = _median(times[name]) * 1e3
         gps = flops / (ms / 1e3) / 1e9
+        # int8 rows are shown against the fp32 peak (no int8 peak is measured).
         use_peak = bf16_peak if "bf16" in name else peak
         rows.append(
             FrameRow(
                 name=name,
                 ms=ms,
-                speedup=base_ms / ms,
+                speedup=_median(ratios[name]),
+                ms_min=_spread(times[name])[0] * 1e3,
+                ms_max=_spread(times[name])[1] * 1e3,
+                speedup_min=_spread(ratios[name])[0],
+                speedup_max=_spread(ratios[name])[1],
                 gflops=flops / 1e9,
                 gflops_per_s=gps,
                 peak_pct=100 * gps / use_peak if use_peak else None,
@@ -456,7 +575,7 @@ def run_fme_bench(
             f"sparse top-p {p:g}": w_topp,
         }
         times = time_interleaved(fns, warmup, repeat, device)
-        dense_ms = _median(times["dense (all experts)"]) * 1e3
+        ratios = paired_ratios(times, "dense (all experts)")
         rows = []
         for name, fn in fns.items():
             ms = _median(times[name]) * 1e3
@@ -466,7 +585,9 @@ def run_fme_bench(
                 FmeRow(
                     name=name,
                     ms=ms,
-                    speedup=dense_ms / ms,
+                    speedup=_median(ratios[name]),
+                    speedup_min=_spread(ratios[name])[0],
+                    speedup_max=_spread(ratios[name])[1],
                     max_abs_diff=float((fn() - ref[name]).abs().max()),
                     mean_active_experts=active,
                     ktokens_per_s=tokens / (ms / 1e3) / 1e3,
@@ -509,24 +630,55 @@ def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
     return format(v, spec) + suffix
 
 
+def _range(lo: float | None, hi: float | None, spec: str) -> str:
+    """`` (lo–hi)`` after a median; empty when there is no spread to show."""
+    if lo is None or hi is None or format(lo, spec) == format(hi, spec):
+        return ""
+    return f" ({format(lo, spec)}–{format(hi, spec)})"
+
+
+def summary_lines(rows: list[FrameRow]) -> list[str]:
+    """The headline numbers: default / chosen-precision / matched-quality speed-ups."""
+    out = []
+    labels = {
+        "default": "default path (whole frame, fp32)",
+        "chosen": "default path with the chosen precision",
+        "matched": "matched quality (official-quality tiling)",
+    }
+    for r in rows:
+        if r.note not in labels or r.speedup is None:
+            continue
+        pct = f", {r.peak_pct:.0f} % of the measured peak" if r.peak_pct is not None else ""
+        psnr_txt = "" if r.psnr_db is None else f", PSNR {r.psnr_db:.2f} dB vs the baseline"
+        out.append(
+            f"- {labels[r.note]}: **{r.speedup:.2f}×**"
+            f"{_range(r.speedup_min, r.speedup_max, '.2f')} vs the official-style "
+            f"pipeline{pct}{psnr_txt} ({r.name})"
+        )
+    return ["", "Speed-ups (median of per-round ratios, min–max over rounds):", *out] if out else []
+
+
 def to_markdown(result: BenchResult) -> str:
     m = result.machine
     lines = [
         f"Device: {m['name']} ({m['device']}, {m['threads']} threads), torch {m['torch']}; "
         f"matmul peak {_fmt(m.get('peak_fp32_gflops'), '.0f')} GFLOP/s fp32, "
-        f"{_fmt(m.get('peak_bf16_gflops'), '.0f')} GFLOP/s bf16",
+        f"{_fmt(m.get('peak_bf16_gflops'), '.0f')} GFLOP/s bf16 (best of alternating rounds; "
+        f"medians {_fmt(m.get('median_fp32_gflops'), '.0f')} / "
+        f"{_fmt(m.get('median_bf16_gflops'), '.0f')})",
     ]
     if result.frame:
         lines += [
             "",
             f"Frame {m['size']} ({m['model']}):",
             "",
-            "| variant | ms/frame | speed-up | GFLOPs/frame | GFLOP/s | % of peak | peak memory (MB) | PSNR vs baseline (dB) |",
+            "| variant | ms/frame (min–max) | speed-up (min–max) | GFLOPs/frame | GFLOP/s | % of peak | peak memory (MB) | PSNR vs baseline (dB) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in result.frame:
             lines.append(
-                f"| {r.name} | {_fmt(r.ms, '.0f')} | {_fmt(r.speedup, '.2f', '×')} | "
+                f"| {r.name} | {_fmt(r.ms, '.0f')}{_range(r.ms_min, r.ms_max, '.0f')} | "
+                f"{_fmt(r.speedup, '.2f', '×')}{_range(r.speedup_min, r.speedup_max, '.2f')} | "
                 f"{_fmt(r.gflops, '.1f')} | {_fmt(r.gflops_per_s, '.1f')} | "
                 f"{_fmt(r.peak_pct, '.0f', ' %')} | {_fmt(r.memory_mb, '.0f')} | "
                 f"{_fmt(r.psnr_db, '.2f')} |"
@@ -536,15 +688,30 @@ def to_markdown(result: BenchResult) -> str:
             "",
             f"FME expert stage alone ({m['fme']}):",
             "",
-            "| experts | ms | speed-up | mean active experts | ktokens/s | max abs diff vs dense |",
+            "| experts | ms | speed-up (min–max) | mean active experts | ktokens/s | max abs diff vs dense |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for r in result.fme:
             lines.append(
-                f"| {r.name} | {r.ms:.1f} | {r.speedup:.2f}× | {r.mean_active_experts:.2f} | "
+                f"| {r.name} | {r.ms:.1f} | {r.speedup:.2f}×"
+                f"{_range(r.speedup_min, r.speedup_max, '.2f')} | {r.mean_active_experts:.2f} | "
                 f"{r.ktokens_per_s:.1f} | {r.max_abs_diff:.1e} |"
             )
     notes = list(result.notes)
+    if result.onnx:
+        lines += [
+            "",
+            f"ONNX Runtime vs PyTorch, whole frame {m['size']} ({m.get('onnx', '')}):",
+            "",
+            "| runtime | ms/frame (min–max) | speed-up vs PyTorch default | max abs diff vs it |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in result.onnx:
+            lines.append(
+                f"| {r.name} | {r.ms:.0f}{_range(r.ms_min, r.ms_max, '.0f')} | "
+                f"{r.speedup:.2f}× | {r.max_abs_diff:.1e} |"
+            )
+    lines += summary_lines(result.frame)
     if result.frame:
         notes.append(
             "GFLOPs count a direct convolution; Winograd (NNPACK) convs do fewer multiplications, "
@@ -557,3 +724,74 @@ def to_markdown(result: BenchResult) -> str:
         )
     lines += ["", *[f"- {n}" for n in notes]]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- ONNX table
+
+
+def run_onnx_bench(
+    model: MoFMENet,
+    size: tuple[int, int],
+    device: torch.device,
+    repeat: int,
+    warmup: int,
+    log: Callable[[str], None] = lambda m: None,
+) -> tuple[list[OnnxRow], str]:
+    """Time one whole frame in PyTorch (sparse and dense experts) and in ONNX Runtime (CPU).
+
+    The model is exported with ``mofme.export.export_onnx`` into a temporary folder; ORT gets
+    ``torch.get_num_threads()`` intra-op threads, as PyTorch uses. Returns the rows and a
+    one-line description (exporter, opset, threads, device) for the table title.
+    """
+    import tempfile
+
+    from mofme.export import export_onnx, onnx_opset, ort_session, run_onnx
+
+    x = bench_input(size, model.cfg.in_channels).to(device)
+    threads = torch.get_num_threads()
+    fast = copy.deepcopy(model).to(device).eval()
+    optimize(fast, device)  # mofme's default inference path
+    with tempfile.TemporaryDirectory(prefix="mofme-bench-onnx-") as tmp:
+        log("exporting to ONNX ...")
+        path = export_onnx(model, os.path.join(tmp, "model.onnx"))
+        opset = onnx_opset(path)
+        session = ort_session(path, threads=threads)
+    x_np = x.cpu().numpy()
+
+    def torch_run(impl: str) -> Callable[[], object]:
+        return lambda: _with_impl(fast, impl, lambda: fast(x))
+
+    fns: dict[str, Callable[[], object]] = {
+        f"PyTorch {device.type}, sparse experts (default path)": torch_run("sparse"),
+        f"PyTorch {device.type}, dense experts": torch_run("dense"),
+        "ONNX Runtime CPU, dense masked experts": lambda: run_onnx(session, x_np),
+    }
+    with torch.inference_mode():
+        reference = fast(x).float().cpu().numpy()
+        outputs = {name: fn() for name, fn in fns.items()}  # also the warm-up run
+        log("timing ONNX Runtime vs PyTorch ...")
+        times = time_interleaved(fns, warmup, repeat, device)
+    base = next(iter(fns))
+    ratios = paired_ratios(times, base)
+    rows = []
+    for name, ts in times.items():
+        out = outputs[name]
+        out = out.float().cpu().numpy() if isinstance(out, Tensor) else out
+        rows.append(
+            OnnxRow(
+                name=name,
+                ms=1e3 * _median(ts),
+                ms_min=1e3 * min(ts),
+                ms_max=1e3 * max(ts),
+                speedup=_median(ratios[name]),
+                max_abs_diff=float(abs(out - reference).max()),
+            )
+        )
+    title = f"opset {opset}, {threads} threads, ONNX Runtime {_ort_version()}"
+    return rows, title
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)

@@ -6,7 +6,9 @@ folder, then ``os.replace``), so an interrupted save never leaves a truncated ch
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -23,12 +25,28 @@ from mofme.model.net import MoFMENet
 FORMAT = "mofme"
 FORMAT_VERSION = "1"
 
+#: Largest model (parameters) a checkpoint may describe unless raised with the environment
+#: variable MOFME_MAX_PARAMS (0: no limit). 10^9 fp32 parameters are 4 GB, far beyond any
+#: MoFME model (the paper's is about 10^7), so only forged or corrupt metadata reaches it.
+DEFAULT_MAX_PARAMS = 1_000_000_000
+_MAX_PARAMS_ENV = "MOFME_MAX_PARAMS"
+
 
 def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path``."""
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path``.
+
+    A failed write (full disk, read-only or missing folder, ...) raises ``MofmeError`` naming
+    ``path``; the previous file, if any, is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The pid in the name lets a later run remove it if this process is killed.
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.tmp-{os.getpid()}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as e:
+        raise MofmeError(f"cannot write {path}: {_io_reason(e)}") from None
     os.close(fd)
     try:
         write(tmp)
@@ -37,10 +55,31 @@ def atomic_write(path: str | Path, write: Any) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # must not hide the error that got us here
             os.unlink(tmp)
+        if _is_write_failure(e):
+            raise MofmeError(
+                f"cannot write {path}: {_io_reason(e)} (any earlier {path.name} is unchanged)"
+            ) from e
         raise
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    """An I/O failure of a writer: OSError, safetensors' error, or torch.save's RuntimeError."""
+    if isinstance(e, (OSError, SafetensorError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and (
+        "PytorchStreamWriter" in text or "inline_container" in text or "file write failed" in text
+    )
+
+
+def _io_reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def save(
@@ -74,15 +113,24 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         )
     try:
         cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-    except (json.JSONDecodeError, TypeError) as e:
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise MofmeError(f"{path}: corrupt model config in metadata ({e})") from None
     except MofmeError as e:
         raise MofmeError(f"{path}: {e}") from None
-    return {
-        "config": cfg,
-        "step": int(meta.get("step", 0)),
-        "extra": json.loads(meta.get("extra", "{}")),
-    }
+    # The other entries are user-editable text too: wrong content is one line naming the file.
+    try:
+        step = int(meta.get("step", "0"))
+    except ValueError:
+        raise MofmeError(
+            f"{path}: corrupt metadata: step {meta['step']!r} is not a number"
+        ) from None
+    try:
+        extra = json.loads(meta.get("extra", "{}"))
+    except json.JSONDecodeError as e:
+        raise MofmeError(f"{path}: corrupt metadata: extra is not valid JSON ({e})") from None
+    if not isinstance(extra, dict):
+        raise MofmeError(f"{path}: corrupt metadata: extra must be a JSON object")
+    return {"config": cfg, "step": step, "extra": extra}
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -130,10 +178,84 @@ def _load_tensors(model: MoFMENet, tensors: dict[str, torch.Tensor], path: Path)
     model.load_state_dict(tensors, strict=True)
 
 
+def max_params() -> int:
+    """The model-size budget in parameters (``MOFME_MAX_PARAMS``; 0 = unlimited)."""
+    text = os.environ.get(_MAX_PARAMS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PARAMS
+    try:
+        value = int(float(text))
+    except (ValueError, OverflowError):
+        value = -1
+    if value < 0:
+        raise MofmeError(f"bad {_MAX_PARAMS_ENV} value {text!r}: give a number of parameters")
+    return value
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from the safetensors header (no tensor data is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as sf:  # type: ignore[no-untyped-call]
+            return {k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MofmeError(f"{path} is not a readable .safetensors checkpoint ({e})") from None
+
+
+def check_config(cfg: ModelConfig, path: str | Path) -> None:
+    """Check a checkpoint's config against the tensors in its file before building the model.
+
+    The metadata is only text: forged or corrupt, it could ask for a model of any size (dim
+    10^6, depth 10^4) and building it would allocate without bound. So the number of blocks
+    is compared with the file first (it decides how many modules are made), then the model is
+    built on the ``meta`` device (shapes only, no memory) and every tensor shape compared, and
+    the size checked against the budget (``MOFME_MAX_PARAMS``).
+    """
+    path = Path(path)
+    shapes = _header_shapes(path)
+    blocks = {k.split(".")[1] for k in shapes if k.startswith("blocks.")}
+    if cfg.depth != len(blocks):
+        raise MofmeError(
+            f"checkpoint {path} does not match its model config: the metadata says depth="
+            f"{cfg.depth}, the file holds {len(blocks)} blocks"
+        )
+    try:
+        with torch.device("meta"):
+            skeleton = MoFMENet(cfg)
+    except MofmeError as e:
+        raise MofmeError(f"{path}: {e}") from None
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
+        raise MofmeError(f"{path}: the model config in its metadata is invalid ({e})") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    n_params = sum(math.prod(shape) for shape in expected.values())
+    limit = max_params()
+    if limit and n_params > limit:
+        raise MofmeError(
+            f"checkpoint {path}: its config describes {n_params / 1e6:,.0f} M parameters, over "
+            f"the model-size budget of {limit / 1e6:,.0f} M (raise it with {_MAX_PARAMS_ENV}=N)"
+        )
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    bad = [k for k in expected if k in shapes and shapes[k] != expected[k]]
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        if bad:
+            k = bad[0]
+            parts.append(f"shape mismatch for {k}: file {shapes[k]} vs config {expected[k]}")
+        raise MofmeError(f"checkpoint {path} does not match its model config: {'; '.join(parts)}")
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> MoFMENet:
-    """Rebuild a model (config from metadata, weights from tensors), in eval mode."""
+    """Rebuild a model (config from metadata, weights from tensors), in eval mode.
+
+    The config is checked against the file (``check_config``) before anything is built.
+    """
     path = Path(path)
     meta = read_metadata(path)
+    check_config(meta["config"], path)
     model = MoFMENet(meta["config"])
     _load_tensors(model, _read_tensors(path), path)
     model.step = meta["step"]  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ against the field's annotated type, and nested dataclasses map onto nested mappi
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -64,12 +65,16 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise MofmeError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         # YAML 1.1 reads ``1e-3`` (no dot) as a string: accept it for float fields.
-        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
-            return float(value)
-        raise MofmeError(f"{where}: expected a number, got {value!r}")
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (numeric or (isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()))):
+            raise MofmeError(f"{where}: expected a number, got {value!r}")
+        number = float(value)
+        # No setting means anything at NaN / inf (``grad_clip: .nan`` would silently turn
+        # clipping off, ``epochs: .inf`` never ends), and range checks pass NaN through.
+        if not math.isfinite(number):
+            raise MofmeError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -123,9 +128,13 @@ def load_yaml(cls: type[T], path: str | Path | None, overrides: list[str] | None
         if not path.is_file():
             raise MofmeError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise MofmeError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise MofmeError(f"{path}: not a UTF-8 text file (is it a YAML config?)") from None
+        except OSError as e:
+            raise MofmeError(f"cannot read config file {path}: {e.strerror or e}") from None
         if not isinstance(data, dict):
             raise MofmeError(f"{path}: expected a mapping at the top level")
     for o in overrides or []:
@@ -134,3 +143,60 @@ def load_yaml(cls: type[T], path: str | Path | None, overrides: list[str] | None
         return from_dict(cls, data)
     except MofmeError as e:
         raise MofmeError(f"{path or 'config'}: {e}") from None
+
+
+# ------------------------------------------------------------------------ reference (README)
+
+_FIELD_LINE = re.compile(r"^(\w+)\s*:[^=]*(?:=.*?)?(?:\s+#\s*(?P<comment>.*))?$")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's comment in the source of dataclass ``cls``: the ``# ...`` after it, else the
+    comment lines right above it. The reference in the README is built from these, so the
+    documentation is the code's own."""
+    import inspect
+
+    docs: dict[str, str] = {}
+    above: list[str] = []
+    names = {f.name for f in dataclasses.fields(cls)}
+    for raw in inspect.getsource(cls).splitlines()[1:]:
+        line = raw.strip()
+        if line.startswith("#"):
+            text = line.lstrip("#").strip()
+            # "# -- a group of options ---" heads a group of fields; it is not a field's doc.
+            above = [] if text.startswith("--") else [*above, text]
+            continue
+        match = _FIELD_LINE.match(line)
+        if match and match.group(1) in names:
+            docs[match.group(1)] = match.group("comment") or " ".join(above)
+        above = []
+    return docs
+
+
+def yaml_value(value: Any) -> str:
+    """``value`` as it would be written in a YAML config (``null``, ``true``, ``[0.9, 0.999]``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    text = text.removesuffix("\n...").removesuffix("...").strip()
+    return '""' if text in ("", "''") else text
+
+
+def default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def reference_rows(cls: type, prefix: str, defaults: Any = None) -> list[str]:
+    """Markdown table rows ``| key | default | meaning |`` for every field of ``cls``;
+    ``defaults``: an instance whose values are shown instead of the class defaults."""
+    docs = field_docs(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name) if defaults is not None else default_of(f)
+        if dataclasses.is_dataclass(value):
+            continue  # nested sections get their own rows
+        meaning = docs.get(f.name, "").replace("|", "\\|")
+        rows.append(f"| `{prefix}{f.name}` | `{yaml_value(value)}` | {meaning} |")
+    return rows

@@ -21,13 +21,17 @@ from PIL import Image, ImageDraw
 from mofme.checkpoint import atomic_write
 from mofme.data.io import save_image
 from mofme.data.synth import clean_sources, random_view
-from mofme.data.weather import WEATHER_TYPES, camera_clip, snow_video
+from mofme.data.weather import CLEAN, WEATHER_TYPES, apply_weather, camera_clip, snow_video
 from mofme.inference.tiling import restore_image
 from mofme.inference.video import VideoRestorer
 from mofme.inference.videoio import VideoWriter
 from mofme.metrics import psnr, ssim
 from mofme.model.net import MoFMENet
 from mofme.stats import RoutingStats, plot_top8
+
+DEMO_WEATHER = (*WEATHER_TYPES, "snow_haze", CLEAN)
+"""Every single weather type, one composite, and a clean photo (do no harm: it should come back
+unchanged)."""
 
 # Seeds >= 10_000 are never used by the training data of the bundled weights (see README).
 DEMO_SEED = 10_000
@@ -92,11 +96,14 @@ def run_demo(
     say = print if progress else (lambda *a, **k: None)
 
     # --- images: one per weather type -------------------------------------------------------
-    say(f"restoring {len(WEATHER_TYPES)} weathered images ({size_hw[0]}x{size_hw[1]}) ...")
-    for i, (name, fn) in enumerate(WEATHER_TYPES.items()):
+    say(
+        f"restoring {len(DEMO_WEATHER)} images ({size_hw[0]}x{size_hw[1]}; held-out photos the "
+        "bundled weights never trained on; the last one is clean) ..."
+    )
+    for i, name in enumerate(DEMO_WEATHER):
         rng = np.random.default_rng([seed, i])
         clean = random_view(photos[i % len(photos)], size_hw, rng)
-        degraded = fn(clean, rng, "medium")
+        degraded = apply_weather(name, clean, rng, "medium")
         restored = restore_image(image_model, _t(degraded))
         active = _active(image_model)
         before = _metrics(_t(degraded), _t(clean))

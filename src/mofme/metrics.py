@@ -163,6 +163,40 @@ def ssim(
     return _reduce(torch.stack(per_channel, dim=1).mean(dim=1), reduction)
 
 
+def grid_ratio(
+    img: torch.Tensor, patch: int = 8, flat_of: torch.Tensor | None = None, flat_below: float = 0.02
+) -> float:
+    """How visible a ``patch``-pixel block grid is: the mean squared step between neighbouring
+    pixels *across* block borders divided by the same *inside* blocks (both directions).
+
+    ``img`` is ``(3, H, W)`` or ``(B, 3, H, W)`` in [0, 1]. 1.0 means borders look like any
+    other pixel step (no grid); a token grid shows as a ratio above 1. With ``flat_of`` (the
+    clean reference, same shape), only steps where the reference is flat (its own step below
+    ``flat_below``) count: the grid is most visible, and most measurable, on flat areas.
+    """
+    x = img.float().reshape(-1, *img.shape[-3:])
+    ref = None if flat_of is None else flat_of.float().reshape(-1, *flat_of.shape[-3:])
+    border_sum = inner_sum = 0.0
+    border_n = inner_n = 0
+    for dim in (-1, -2):
+        d = x.diff(dim=dim).pow(2).mean(dim=1)  # (B, H, W-1) or (B, H-1, W)
+        n = d.shape[dim]
+        is_border = (torch.arange(n) % patch) == patch - 1  # step between pixel kP-1 and kP
+        shape = [1, 1, 1]
+        shape[dim] = n
+        is_border = is_border.view(shape).expand_as(d)
+        keep = torch.ones_like(d, dtype=torch.bool)
+        if ref is not None:
+            keep = ref.diff(dim=dim).abs().amax(dim=1) < flat_below
+        border_sum += float(d[keep & is_border].sum())
+        border_n += int((keep & is_border).sum())
+        inner_sum += float(d[keep & ~is_border].sum())
+        inner_n += int((keep & ~is_border).sum())
+    if border_n == 0 or inner_n == 0 or inner_sum == 0.0:
+        return 1.0
+    return (border_sum / border_n) / (inner_sum / inner_n)
+
+
 class MetricAccumulator:
     """Collects per-image metric values by group (test set) and reports means.
 

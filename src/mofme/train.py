@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +48,8 @@ import sys
 import threading
 import time
 import typing
+import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +67,7 @@ from mofme.config import coerce, load_yaml, to_dict
 from mofme.errors import MofmeError
 from mofme.model.config import PRESETS, ModelConfig, RoutingConfig, get_preset, parse_routing
 from mofme.model.net import MoFMENet
+from mofme.runlock import RunLock
 
 __all__ = [
     "DataConfig",
@@ -113,12 +117,15 @@ class DataConfig:
     flip: bool = True  # random horizontal flips
     clip_len: int = 3  # video: frames per training clip
     clip_stride: int = 1  # video: step between clip starts
-    workers: int = 4  # DataLoader worker processes (0 = load in the training process)
+    # DataLoader worker processes (0 = load in the training process; None = from the machine:
+    # min(4, CPUs per rank - 1))
+    workers: int | None = None
     strict: bool = False  # raise on an unreadable training sample instead of skipping it
     val_max_images: int | None = None  # image: evenly spaced subset; video: frames per video
     val_max_videos: int | None = None  # video: first N validation videos
     val_tile: int | None = None  # validate with tiled inference (tile side) to bound memory
     val_samples: int = 4  # validation images shown in TensorBoard (input | output | gt)
+    identity_share: float = 0.0  # image: chance of an identity pair (input = gt), e.g. 0.1
 
 
 @dataclass
@@ -127,28 +134,34 @@ class TrainConfig:
 
     batch_size: int = 64  # global batch (divided across DDP ranks)
     steps: int | None = None  # total optimizer steps (or give epochs)
-    epochs: float | None = None
+    epochs: float | None = None  # training length in passes over the data (or give steps)
     warmup_steps: int | None = None  # overrides warmup_epochs when set
-    warmup_epochs: float = 0.0
-    lr: float = 2e-4
-    min_lr: float = 1e-6
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up, in epochs
+    lr: float = 2e-4  # peak learning rate (AdamW), reached after the warm-up
+    min_lr: float = 1e-6  # learning rate at the last step (cosine schedule)
+    weight_decay: float = 0.01  # AdamW weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
     amp: str = "none"  # none | bf16 | fp16 (fp16: CUDA only, with a GradScaler)
     ema: float = 0.0  # EMA decay of the weights, e.g. 0.999; 0 = off
-    seed: int = 0
-    perceptual_weight: float = 0.04
+    seed: int = 0  # weights, data order, crops and flips all follow from it
+    perceptual_weight: float = 0.04  # weight of the VGG16 perceptual loss (needs vgg_weights)
     vgg_weights: str | None = None  # local VGG16 weights; without them the VGG term is off
     balance_weight: float = 0.0  # weight of the expert load-balancing loss
     balance_loss: str = "switch"  # switch | cv2
-    log_every: int = 50
-    val_every: int = 1000  # 0 = only at the end
-    ckpt_every: int = 1000  # 0 = only at the end
+    log_every: int = 50  # steps between log.jsonl lines (first and last step always logged)
+    val_every: int = 1000  # steps between validations (0 = only at the end)
+    ckpt_every: int = 1000  # steps between checkpoints (0 = only at the end)
     on_nonfinite: str = "skip"  # NaN / inf loss: skip the step (counted) or stop
-    device: str = "auto"
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     threads: int = 0  # CPU threads for PyTorch (0 = its default)
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard logs to OUT/tb
+    # Fine-tuning (mofme.finetune): start from this mofme checkpoint (a path, or image / video
+    # for the bundled weights) instead of random weights; ignored by --resume.
+    init: str | None = None
+    init_strict: bool = True  # every tensor must fit (an image checkpoint may start a video model)
+    freeze: list[str] = field(default_factory=list)  # parts kept fixed, e.g. [head, tail]
+    train_only: list[str] = field(default_factory=list)  # or: train only these, e.g. [experts]
 
 
 @dataclass
@@ -167,10 +180,10 @@ class TrainRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
-    out: str = "runs/mofme"
+    out: str = "runs/mofme"  # run folder: checkpoints, logs, config.yaml
 
     def model_config(self) -> ModelConfig:
-        return build_model_config(self.model)
+        return build_model_config(self.model, init=self.train.init)
 
     def validate(self) -> None:
         d, t, v = self.data, self.train, self.video
@@ -194,7 +207,8 @@ class TrainRunConfig:
             raise MofmeError("data.root: give the dataset folder")
         for name in ("crop", "clip_len", "clip_stride"):
             _at_least(f"data.{name}", getattr(d, name), 1)
-        _at_least("data.workers", d.workers, 0)
+        if d.workers is not None:
+            _at_least("data.workers", d.workers, 0)
         _at_least("data.val_samples", d.val_samples, 0)
         for name in ("val_max_images", "val_max_videos", "val_tile"):
             if getattr(d, name) is not None:
@@ -229,15 +243,80 @@ class TrainRunConfig:
             _at_least(f"train.{name}", getattr(t, name), 1)
         for name in ("val_every", "ckpt_every", "threads"):
             _at_least(f"train.{name}", getattr(t, name), 0)
+        from mofme.device import check_threads
+
+        check_threads("train.threads", t.threads)
         _choice("video.reference", v.reference, REFERENCES)
         if not 0 <= v.zero_ref_prob <= 1:
             raise MofmeError(f"video.zero_ref_prob must be in [0, 1], got {v.zero_ref_prob}")
         if not self.out:
             raise MofmeError("out: give the run folder")
+        from mofme.finetune import check_parts
+
+        check_parts(t.freeze, "train.freeze")
+        check_parts(t.train_only, "train.train_only")
+        if t.freeze and t.train_only:
+            raise MofmeError("train: set either freeze or train_only, not both")
 
     def val_splits(self) -> list[str]:
         vs = self.data.val_split
         return [] if vs is None else [vs] if isinstance(vs, str) else list(vs)
+
+
+# Meanings of the model keys whose source carries no comment (model/config.py documents the
+# rest); config_reference() fails loudly when a key has neither, so the README cannot drift.
+_MODEL_KEY_DOCS = {
+    "preset": "starting point: " + ", ".join(PRESETS) + "; every other model key overrides it",
+    "out_channels": "output channels (RGB)",
+    "dim": "token width",
+    "depth": "transformer blocks",
+    "num_experts": "experts per FME layer",
+    "patch": "patch side in pixels (tokens are patch x patch blocks)",
+    "heads": "attention heads",
+    "head_dim": "width per attention head",
+    "unpatch_channels": "channels of the conv tail after unpatching",
+    "ffn_mult": "hidden width of the FFN adaptor, as a multiple of dim",
+    "uar_dropout": "dropout of the UaR router's Monte-Carlo passes",
+    "global_residual": "add the input to the output (the network predicts a correction)",
+    "routing": "expert selection: topk:K, topp:P[:KMIN[:KMAX]], dense, or a mapping of the "
+    "keys below",
+}
+
+
+def config_reference() -> str:
+    """The README's training config reference: every key, its default and meaning, generated
+    from the dataclasses (``tests/test_validation.py`` checks the README against it)."""
+    from mofme.config import field_docs, reference_rows, yaml_value
+
+    header = ["| key | default | meaning |", "|---|---|---|"]
+    paper = get_preset("paper")
+    model_docs = {**field_docs(ModelConfig), **_MODEL_KEY_DOCS}
+    model_rows = [f"| `model.preset` | `paper` | {_MODEL_KEY_DOCS['preset']} |"]
+    for f in dataclasses.fields(ModelConfig):
+        if f.name == "routing":
+            model_rows.append(
+                f"| `model.routing` | `{paper.routing.describe()}` | {model_docs['routing']} |"
+            )
+            model_rows += reference_rows(RoutingConfig, "model.routing.", paper.routing)
+            continue
+        meaning = model_docs.get(f.name, "").replace("|", "\\|")
+        model_rows.append(
+            f"| `model.{f.name}` | `{yaml_value(getattr(paper, f.name))}` | {meaning} |"
+        )
+    sections = [
+        ("model", "Model (defaults: the `paper` preset)", model_rows),
+        ("data", "Data", reference_rows(DataConfig, "data.")),
+        ("train", "Training", reference_rows(TrainConfig, "train.")),
+        ("video", "Video", reference_rows(VideoConfig, "video.")),
+        ("out", "Run folder", [r for r in reference_rows(TrainRunConfig, "") if "`out`" in r]),
+    ]
+    parts = []
+    for _, title, rows in sections:
+        for row in rows:
+            if row.rstrip().endswith("|  |"):
+                raise AssertionError(f"undocumented training config key: {row}")
+        parts.append("\n".join([f"**{title}**", "", *header, *rows]))
+    return "\n\n".join(parts) + "\n"
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -250,17 +329,21 @@ def _at_least(name: str, value: int, low: int) -> None:
         raise MofmeError(f"{name} must be >= {low}, got {value}")
 
 
-def build_model_config(spec: dict[str, Any]) -> ModelConfig:
+def build_model_config(spec: dict[str, Any], init: str | None = None) -> ModelConfig:
     """``{"preset": "tiny", "dim": 32, "routing": {"selection": "topp"}}`` -> ``ModelConfig``.
 
     Every key besides ``preset`` must be a ``ModelConfig`` field and is type-checked;
     ``routing`` may be a mapping (merged over the preset's) or a spec such as ``topp:0.6``.
+    ``preset: init`` starts from the config stored in the ``init`` checkpoint (fine-tuning).
     """
     spec = dict(spec)
     preset = spec.pop("preset", "paper")
-    if not isinstance(preset, str) or preset not in PRESETS:
+    if preset == "init":
+        if not init:
+            raise MofmeError("model.preset: init needs train.init (the checkpoint to start from)")
+    elif not isinstance(preset, str) or preset not in PRESETS:
         raise MofmeError(
-            f"model.preset: unknown preset {preset!r}; available: {', '.join(PRESETS)}"
+            f"model.preset: unknown preset {preset!r}; available: {', '.join(PRESETS)}, init"
         )
     hints = typing.get_type_hints(ModelConfig)
     unknown = sorted(set(spec) - set(hints))
@@ -274,6 +357,16 @@ def build_model_config(spec: dict[str, Any]) -> ModelConfig:
             overrides[key] = _routing_override(value)
         else:
             overrides[key] = coerce(value, hints[key], f"model.{key}")
+    if preset == "init":
+        from mofme.finetune import init_config
+
+        base = init_config(init or "").to_dict()
+        routing = overrides.pop("routing", None)
+        if isinstance(routing, RoutingConfig):
+            base["routing"] = dataclasses.asdict(routing)
+        elif isinstance(routing, dict):
+            base["routing"] = {**base["routing"], **routing}
+        return ModelConfig.from_dict({**base, **overrides})
     return get_preset(preset, **overrides)
 
 
@@ -414,16 +507,17 @@ class DataStream:
                 f"the training set has {size} samples, fewer than one batch of "
                 f"{batch_size * world} (train.batch_size); lower the batch size"
             )
-        self.loader = DataLoader(
-            _EpochSeeded(dataset, seed),
-            batch_sampler=self.sampler,
-            num_workers=workers,
-            pin_memory=pin_memory,
-            persistent_workers=workers > 0,
-            worker_init_fn=_ignore_sigint,
-            # Own generator: creating an iterator must not consume the global RNG (resume).
-            generator=torch.Generator(),
-        )
+        with _quiet_worker_warning():
+            self.loader = DataLoader(
+                _EpochSeeded(dataset, seed),
+                batch_sampler=self.sampler,
+                num_workers=workers,
+                pin_memory=pin_memory,
+                persistent_workers=workers > 0,
+                worker_init_fn=_ignore_sigint,
+                # Own generator: creating an iterator must not consume the global RNG (resume).
+                generator=torch.Generator(),
+            )
         self.epoch = 0
         self.batch = 0
         self._it: Iterator[Any] | None = None
@@ -439,13 +533,45 @@ class DataStream:
     def __next__(self) -> Any:
         if self._it is None:
             self.sampler.set_position(self.epoch, self.batch)
-            self._it = iter(self.loader)
-        item = next(self._it)
+            with _quiet_worker_warning():
+                self._it = iter(self.loader)
+        try:
+            item = next(self._it)
+        except MofmeError as e:
+            # A worker's MofmeError comes back with the worker's traceback inside its message
+            # ("Caught MofmeError in DataLoader worker process 0. Original Traceback ...");
+            # the user gets the original one line.
+            raise MofmeError(_worker_message(str(e))) from None
         self.batch += 1
         if self.batch == self.batches_per_epoch:
             self.epoch, self.batch = self.epoch + 1, 0
             self._it = None
         return item
+
+
+@contextlib.contextmanager
+def _quiet_worker_warning() -> Iterator[None]:
+    """Without PyTorch's "This DataLoader will create N worker processes" warning: it comes
+    twice per run, with a source line; the trainer says it once (``_loader_workers``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create")
+        yield
+
+
+def _worker_message(text: str) -> str:
+    """The original message of an exception re-raised by a DataLoader worker."""
+    marker = "MofmeError: "
+    if "DataLoader worker" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
+
+
+def default_workers(world: int = 1) -> int:
+    """Loader workers per rank when ``data.workers`` is not set: one CPU is left to training,
+    and more than 4 rarely pays off for crops of a few hundred pixels."""
+    from mofme.device import cpu_count
+
+    return max(0, min(4, cpu_count() // max(1, world) - 1))
 
 
 # ======================================================================================= EMA
@@ -531,7 +657,7 @@ class _Dist:
 
 
 def _setup_distributed(device_name: str) -> tuple[_Dist, torch.device]:
-    from mofme.commands.common import resolve_device
+    from mofme.device import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
@@ -595,13 +721,28 @@ def _read_jsonl_upto(path: Path, step: int) -> None:
     """Drop lines of a JSONL log written after ``step`` (by a run killed before its checkpoint)."""
     if not path.is_file():
         return
+    try:
+        # Undecodable bytes (a foreign or damaged file) must not stop a resume: they become
+        # U+FFFD, and such lines fail to parse below like a line cut by a kill.
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise MofmeError(f"cannot read {path}: {e.strerror or e}") from None
     kept = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
+        # Lines that are not our records (a list, a string step, ...) are kept as they are:
+        # only records known to come after ``step`` are dropped.
+        later = (
+            isinstance(record, dict)
+            and isinstance(record.get("step"), (int, float))
+            and not isinstance(record.get("step"), bool)
+            and record["step"] > step
+        )
+        if not later:
+            kept.append(line)
     checkpoint.atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in kept)))
 
 
@@ -639,11 +780,20 @@ class Trainer:
                 f"train.batch_size={t.batch_size} is not divisible by the {self.dist.world} ranks"
             )
         self.batch_per_rank = t.batch_size // self.dist.world
+        # One run per folder: a second one would interleave the logs, replace the other's
+        # checkpoints and delete its in-flight temp files, and --resume of a live run would
+        # fork it. Taken before anything in OUT is read or removed.
+        self._lock = RunLock(self.out) if self.dist.main else None
+        if self._lock is not None:
+            self._lock.acquire()
+            # close() releases it; should __init__ fail below, it goes with this object (and
+            # the kernel drops it when the process ends in any case).
+            self._unlock = weakref.finalize(self, self._lock.release)
         state_path = self.out / "state_last.pt"
         if resume and not state_path.is_file():
-            raise MofmeError(f"nothing to resume: {state_path} does not exist")
+            raise self._refuse(f"nothing to resume: {state_path} does not exist")
         if not resume and state_path.is_file() and not overwrite:
-            raise MofmeError(
+            raise self._refuse(
                 f"{self.out} already holds a training run ({state_path.name}); pass --resume to "
                 "continue it or --overwrite to start over"
             )
@@ -664,6 +814,21 @@ class Trainer:
         _seed_everything(t.seed)
         self.model_cfg = cfg.model_config()
         self.raw_model = MoFMENet(self.model_cfg).to(self.device).train()
+        self.init_report: Any = None
+        if t.init and not resume:  # a resumed run's weights come from its state
+            from mofme.finetune import init_from_checkpoint
+
+            self.init_report = init_from_checkpoint(self.raw_model, t.init, t.init_strict)
+            self._print(f"init: {self.init_report.summary()}")
+        from mofme.finetune import freeze, frozen_parts
+
+        parts = frozen_parts(t.freeze, t.train_only)
+        if parts:
+            n_frozen = freeze(self.raw_model, parts)
+            self._print(f"frozen: {', '.join(parts)} ({n_frozen:,} parameters)")
+        trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
+        if not trainable:
+            raise MofmeError("train: every part is frozen; nothing to train")
         for layer in self.raw_model.fme_layers:
             layer.balance_loss = t.balance_loss
         # Per-rank streams for dropout / UaR masks / zero references.
@@ -677,7 +842,7 @@ class Trainer:
             )
         self.ema = ModelEMA(self.raw_model, t.ema) if t.ema > 0 else None
         self.optimizer = torch.optim.AdamW(
-            self.raw_model.parameters(),
+            trainable,  # frozen parts stay bit-identical (no weight decay either)
             lr=t.lr,
             betas=(t.betas[0], t.betas[1]),
             weight_decay=t.weight_decay,
@@ -692,7 +857,7 @@ class Trainer:
             self.dist.rank,
             self.dist.world,
             t.seed,
-            cfg.data.workers,
+            self._loader_workers(),
             pin_memory=self.device.type == "cuda",
         )
         per_epoch = self.stream.batches_per_epoch
@@ -728,6 +893,12 @@ class Trainer:
                     str(self.out / "tb"), purge_step=self.step if resume else None
                 )
 
+    def _refuse(self, message: str) -> MofmeError:
+        """The error for a refused start, after releasing the run-folder lock taken for it."""
+        if self._lock is not None:
+            self._unlock()
+        return MofmeError(message)
+
     # -- construction ----------------------------------------------------------------------
 
     def _build_loss(self) -> nn.Module:
@@ -754,11 +925,40 @@ class Trainer:
         d, seed = self.cfg.data, self.cfg.train.seed
         if self.is_video:
             videos = find_videos(d.root, d.train_split)
+            self._check_crop([v.snow_frames[0] for v in videos[:8] if v.snow_frames])
             return VideoClipDataset(
                 videos, d.clip_len, d.crop, d.flip, d.clip_stride, seed=seed, strict=d.strict
             )
         pairs = find_pairs(d.root, d.layout, d.train_split)
-        return PairedImageDataset(pairs, crop=d.crop, flip=d.flip, strict=d.strict, seed=seed)
+        self._check_crop([p.input for p in pairs[:8]])
+        return PairedImageDataset(
+            pairs, crop=d.crop, flip=d.flip, strict=d.strict, seed=seed,
+            identity_share=d.identity_share,
+        )  # fmt: skip
+
+    def _check_crop(self, samples: list[Path]) -> None:
+        """Say so when ``data.crop`` exceeds the training images: they are padded up to the
+        crop, which costs (crop / side)^2 times the compute and trains on padding."""
+        from PIL import Image
+
+        crop = self.cfg.data.crop
+        smallest: tuple[int, Path] | None = None
+        for path in samples:  # headers only, a few files: cheap even for a large set
+            try:
+                with Image.open(path) as img:
+                    side = min(img.size)
+            except Exception:  # unreadable files are reported when they are loaded
+                continue
+            if smallest is None or side < smallest[0]:
+                smallest = (side, path)
+        if smallest is not None and smallest[0] < crop:
+            side, path = smallest
+            fits = side // 8 * 8 or side  # a multiple of the patch size, when there is one
+            self._print(
+                f"note: data.crop={crop} is larger than the training images (e.g. {path.name} "
+                f"is {side} px on its short side): they are padded to {crop}, "
+                f"{(crop / side) ** 2:.1f}x the compute per image; set data.crop to {fits} or less"
+            )
 
     def _find_val_items(self) -> list[Any]:
         """Validation pairs (image) or videos (video), limited as configured."""
@@ -780,6 +980,23 @@ class Trainer:
         return items
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _loader_workers(self) -> int:
+        """``data.workers``, or the machine's default; one note (not PyTorch's warning at every
+        epoch) when more workers than CPUs were asked for."""
+        from mofme.device import cpu_count
+
+        workers = self.cfg.data.workers
+        if workers is None:
+            return default_workers(self.dist.world)
+        cpus = cpu_count()
+        if workers > cpus:
+            self._print(
+                f"note: data.workers={workers} on {cpus} CPUs: the loaders compete with "
+                f"training; leave data.workers unset for the machine's default "
+                f"({default_workers(self.dist.world)})"
+            )
+        return workers
 
     def _print(self, msg: str) -> None:
         if self.dist.main:
@@ -1033,6 +1250,7 @@ class Trainer:
             "kind": self.cfg.data.kind,
             "train_config": to_dict(self.cfg),
             "ema": self.ema is not None,
+            **({"init": self.init_report.to_dict()} if self.init_report is not None else {}),
         }
 
     def save(self) -> None:
@@ -1070,8 +1288,30 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for a truncated / foreign file
-            raise MofmeError(f"cannot read training state {path}: {e}") from None
-        ours, theirs = self.model_cfg.to_dict(), dict(state["model_config"])
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MofmeError(f"cannot read training state {path}: {reason}") from None
+        try:
+            self._apply_state(state, path)
+        except MofmeError as e:
+            if str(path) in str(e):
+                raise
+            raise MofmeError(f"{path}: {e}") from None
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            # A readable file with the wrong content (a missing key, a string step, a foreign
+            # pickle-free dict): name the file, not the Python error deep inside.
+            what = f"missing entry {e}" if isinstance(e, KeyError) else str(e).strip()
+            what = what.splitlines()[0] if what else type(e).__name__
+            raise MofmeError(
+                f"{path} is not a usable mofme training state ({what}); start over with --overwrite"
+            ) from None
+
+    def _apply_state(self, state: Any, path: Path) -> None:
+        """Restore model, optimizer, EMA, RNG and data position from a loaded ``state``."""
+        if not isinstance(state, dict):
+            raise MofmeError(f"{path} is not a mofme training state (no mapping inside)")
+        # Through from_dict: fields added since the state was written take their defaults.
+        ours = self.model_cfg.to_dict()
+        theirs = ModelConfig.from_dict(dict(state["model_config"])).to_dict()
         ours.pop("expert_impl"), theirs.pop("expert_impl")
         diff = [f"{k}: {theirs.get(k)} -> {ours[k]}" for k in ours if ours[k] != theirs.get(k)]
         if diff:
@@ -1182,7 +1422,14 @@ class Trainer:
                             sums[k] = sums.get(k, 0.0) + info[k]
                     last_loss = info["loss"]
                 bar.set_postfix(loss=f"{info['loss']:.4f}", lr=f"{info['lr']:.2e}", refresh=False)
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                # Step 1, every log_every, and the last step of this run (finished, stopped
+                # or interrupted): a short run still logs its start and its end.
+                ending = (
+                    self.step == self.total_steps
+                    or info["stop"]
+                    or (stop_after is not None and self.step >= stop_after)
+                )
+                if self.step % t.log_every == 0 or self.step == 1 or ending:
                     now = time.time()
                     means = {k: v / max(count, 1) for k, v in sums.items()}
                     means["lr"] = info["lr"]
@@ -1242,6 +1489,8 @@ class Trainer:
         if self.dist.created_group and dist.is_initialized():
             dist.destroy_process_group()
             self.dist.created_group = False
+        if getattr(self, "_lock", None) is not None:
+            self._unlock()
 
 
 def train(

@@ -21,26 +21,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--image-ckpt", default=None, help="image checkpoint (default: bundled)")
     p.add_argument("--video-ckpt", default=None, help="video checkpoint (default: bundled)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the results of an earlier demo in --out"
+    )
     add_device_argument(p)
+
+
+# What the demo writes directly in --out (images/ holds the rest), for the overwrite rule.
+DEMO_FILES = (
+    "summary.html",
+    "summary.md",
+    "results.json",
+    "routing_top8.png",
+    "snowy_clip_restored.mp4",
+)
 
 
 def run(args: argparse.Namespace) -> int:
     from mofme import checkpoint
+    from mofme.api import resolve_checkpoint
+    from mofme.commands.common import check_writable, refuse_existing
     from mofme.demo import run_demo
     from mofme.errors import MofmeError
-    from mofme.weights import bundled_path
 
     if args.frames < 1:
         raise MofmeError(f"--frames must be at least 1, got {args.frames}")
-    device = resolve_device(args.device)
-    image_model = checkpoint.load(args.image_ckpt or bundled_path("image"), device)
-    video_model = checkpoint.load(args.video_ckpt or bundled_path("video"), device)
-    if args.routing:
-        for m in (image_model, video_model):
-            m.set_routing(args.routing)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MofmeError(f"--out {out} exists and is not a folder")
+    refuse_existing([out / name for name in DEMO_FILES], args.overwrite)
+    check_writable(out, folder=True)
+    device = resolve_device(args.device)
+    image_model = checkpoint.load(resolve_checkpoint(args.image_ckpt or "image"), device)
+    video_model = checkpoint.load(resolve_checkpoint(args.video_ckpt or "video"), device)
+    if args.routing:
+        for m in (image_model, video_model):
+            m.set_routing(args.routing)
     res = run_demo(image_model, video_model, out, parse_size(args.size), args.frames)
     print(f"\ndone in {res.seconds:.0f} s; wrote")
     for name, path in res.files.items():

@@ -16,7 +16,7 @@ HELP = "show a model's config, parameters (total, per part, active per token), G
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p, "default: --preset paper")
+    add_model_arguments(p, "default: the bundled image model (what mofme restore uses)")
     p.add_argument("--size", default="240x240", help="input size HxW for GFLOPs (default 240x240)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_device_argument(p)
@@ -26,10 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from mofme.commands.common import load_model
     from mofme.model.analysis import active_params_per_token, count_flops, param_counts
 
-    if not args.ckpt and not args.preset:
-        args.preset = "paper"
     device = resolve_device(args.device)
-    model = load_model(args, device)
+    # No argument: the model a newcomer actually runs (restore's default), not an untrained preset.
+    model = load_model(args, device, default="image")
     size = parse_size(args.size)
     cfg = model.cfg
     counts = param_counts(model)
@@ -40,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
             dense_rep = count_flops(model, size)
     active = active_params_per_token(model, rep.mean_active_experts)
     info = {
-        "source": args.ckpt or f"preset {args.preset} (untrained)",
+        "source": args.ckpt
+        or (f"preset {args.preset} (untrained)" if args.preset else "bundled image model"),
         "step": getattr(model, "step", None),
         "config": cfg.to_dict(),
         "params": counts,
@@ -54,6 +54,16 @@ def run(args: argparse.Namespace) -> int:
         "gflops_dense": dense_rep.total / 1e9 if dense_rep else rep.total / 1e9,
         "gflops_parts_dense": {k: v / 1e9 for k, v in (dense_rep or rep).parts.items()},
     }
+    from mofme.inference.policy import model_card
+
+    card = model_card(model)
+    if card:
+        info["card"] = card
+    if cfg.gelu_expert:
+        # The official code builds tensors its forward never uses; count them as it does.
+        from mofme.convert import official_param_count
+
+        info["official_params"] = official_param_count(cfg, size)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -68,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
     for k, v in counts.items():
         if k != "total":
             print(f"  {k:<10} {v:>12,}  {100 * v / counts['total']:5.1f} %")
+    if "official_params" in info:
+        o = info["official_params"]
+        print(
+            f"official   {o['official']:,} params in the official code at {size[0]}x{size[1]} = "
+            f"{o['ours']:,} + unused: position embedding {o['position_embedding']:,}, "
+            f"expert LayerNorms {o['expert_layernorms']:,}, dead expert {o['dead_expert']:,}"
+        )
     print(
         f"active     {active / 1e6:.2f} M params per token "
         f"(mean {rep.mean_active_experts:.2f} of {c.num_experts} experts)"
@@ -80,4 +97,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'part':<10} {'routed':>9} {'dense':>9}")
     for k in rep.parts:
         print(f"  {k:<10} {info['gflops_parts'][k]:9.3f} {info['gflops_parts_dense'][k]:9.3f}")
+    if card:
+        print("model card (how it was trained and what it measured on held-out photos)")
+        for key, value in card.items():
+            text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            print(f"  {key:<16} {text}")
     return 0

@@ -12,7 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from mofme.commands.common import add_device_argument, add_model_arguments, resolve_device
+from mofme.commands.common import (
+    add_device_argument,
+    add_model_arguments,
+    add_progress_argument,
+    resolve_device,
+    want_progress,
+)
 from mofme.errors import MofmeError
 
 HELP = (
@@ -20,10 +26,14 @@ HELP = (
 )
 
 LAYOUT_CHOICES = ("rvsd", "mofme", "transweather", "folder")
+# What write_report puts in --out (checked against the overwrite rule before any work).
+REPORT_FILES = ("stats.md", "stats.json", "top8.png", "heatmap.png", "active_hist.png")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p, "default: the bundled video model")
+    add_model_arguments(
+        p, "default: the bundled model for the data (video for RVSD videos, else image)"
+    )
     p.add_argument(
         "--data", required=True, help="dataset root (RVSD videos or Allweather-style images)"
     )
@@ -47,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overlap", type=int, default=None, help="tile overlap in pixels (default min(32, tile/2))"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
+    add_progress_argument(p)
     add_device_argument(p)
 
 
@@ -75,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
     for name in ("max_frames", "max_images", "tile"):
         _check_positive("--" + name.replace("_", "-"), getattr(args, name))
     overlap = _overlap(args.tile, args.overlap)
+    from mofme.commands.common import check_writable, refuse_existing
+
+    out = Path(args.out)
+    refuse_existing([out / name for name in REPORT_FILES], args.overwrite)
+    check_writable(out, folder=True)
     root = Path(args.data)
     layout = args.layout or detect_layout(root, args.split)
     # Find the data before loading the model: a bad path fails fast.
@@ -84,14 +101,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         pairs = find_pairs(root, layout, split)
     device = resolve_device(args.device)
-    model = load_model(args, device, default="video")
+    # The bundled model that fits the data: a video model cannot run on image pairs.
+    bundled = "video" if layout == "rvsd" else "image"
+    model = load_model(args, device, default=bundled)
     cfg = model.cfg
     if layout != "rvsd" and cfg.in_channels != 3:
         raise MofmeError(
             f"the model takes {cfg.in_channels}-channel input (a video model with a reference "
             f"frame); it needs video data in the RVSD layout, but {root} is {layout} image data"
         )
-    progress = sys.stderr.isatty()
+    progress = want_progress(args)
     if layout == "rvsd":
         stats = collect_video(model, videos, tile=args.tile, device=device, overlap=overlap,
                               max_frames=args.max_frames, progress=progress)  # fmt: skip
@@ -102,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         amount = _count(stats.samples("all"), "image")
     summary = stats.summary()
     source = args.ckpt or (
-        f"preset {args.preset} (untrained)" if args.preset else "bundled video model"
+        f"preset {args.preset} (untrained)" if args.preset else f"bundled {bundled} model"
     )
     summary["meta"] = {
         "model": source,

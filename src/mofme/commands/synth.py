@@ -4,6 +4,7 @@ Examples::
 
     mofme synth allweather --out data/synth --train 1000 --test 100 --preview
     mofme synth rvsd --out data/rvsd_synth --videos 12 --test-videos 4 --frames 30
+    mofme synth bench --out data/bench       # held-out benchmark (photos no training set uses)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mofme.commands.common import parse_size
+from mofme.commands.common import add_progress_argument, parse_size, want_progress
 from mofme.errors import MofmeError
 
 HELP = "write synthetic Allweather-style (rain, raindrop, snow, haze) or RVSD-style snowy-video datasets"
@@ -28,7 +29,8 @@ def _common(p: argparse.ArgumentParser, default_size: str) -> None:
         "--source",
         type=Path,
         default=None,
-        help="folder of your own clean photos, used besides the bundled ones",
+        help="folder of your own clean photos: added to the training content (allweather, "
+        "rvsd); for bench, they replace the held-out photos",
     )
     p.add_argument("--preview", action="store_true", help="also write OUT/preview.png")
     p.add_argument(
@@ -39,12 +41,13 @@ def _common(p: argparse.ArgumentParser, default_size: str) -> None:
     p.add_argument(
         "--workers", type=int, default=1, help="worker processes (default 1; same output)"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (as --no-progress)")
+    add_progress_argument(p)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``allweather`` and ``rvsd`` sub-commands on ``parser``."""
-    sub = parser.add_subparsers(dest="kind", required=True, metavar="{allweather,rvsd}")
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="{allweather,rvsd,bench}")
     aw = sub.add_parser(
         "allweather",
         help="rain+fog / raindrop / snow / haze image pairs",
@@ -56,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     aw.add_argument("--train", type=int, default=1000, help="train pairs (default 1000)")
     aw.add_argument("--test", type=int, default=100, help="pairs per test split (default 100)")
+    aw.add_argument(
+        "--identity-share",
+        type=float,
+        default=0.12,
+        help="share of identity (clean -> clean) train pairs (default 0.12)",
+    )
     _common(aw, DEFAULT_IMAGE_SIZE)
     rv = sub.add_parser(
         "rvsd",
@@ -77,17 +86,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="clean video file(s) to use instead of camera moves over photos",
     )
+    rv.add_argument(
+        "--identity-share",
+        type=float,
+        default=0.12,
+        help="share of clean train clips (snow = clean) (default 0.12)",
+    )
     _common(rv, DEFAULT_VIDEO_SIZE)
+    bn = sub.add_parser(
+        "bench",
+        help="held-out benchmark: every weather at light/medium/heavy, clean images, clips",
+        description=(
+            "Write the held-out benchmark from photos the bundled weights never trained on: "
+            "images/test_<type>_<severity>/ and images/test_clean/ (MoFME layout), "
+            "video/ (snowy clips) and video_clean/ (clean clips) in the RVSD layout."
+        ),
+    )
+    bn.add_argument("--per-set", type=int, default=8, help="images per set (default 8)")
+    bn.add_argument("--clips", type=int, default=6, help="snowy and clean clips (default 6 each)")
+    bn.add_argument("--frames", type=int, default=12, help="frames per clip (default 12)")
+    bn.add_argument("--clip-size", default="192x256", help="clip size HxW (default 192x256)")
+    _common(bn, DEFAULT_IMAGE_SIZE)
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the requested dataset; print where it went. Returns the exit code."""
-    from mofme.data.synth import contact_sheet, write_allweather, write_rvsd
+    from mofme.commands.common import check_writable
+    from mofme.data.synth import contact_sheet, write_allweather, write_benchmark, write_rvsd
 
     size = parse_size(args.size)
     if args.workers < 1:
         raise MofmeError(f"--workers must be at least 1, got {args.workers}")
-    if args.kind == "allweather":
+    check_writable(args.out, folder=True)  # a read-only or /proc --out: one line, up front
+    if args.kind == "bench":
+        meta = write_benchmark(
+            args.out,
+            n_per_set=args.per_set,
+            size_hw=size,
+            n_clips=args.clips,
+            n_frames=args.frames,
+            clip_size_hw=parse_size(args.clip_size),
+            seed=args.seed,
+            source_folder=args.source,
+            progress=want_progress(args) and not args.quiet,
+            overwrite=args.overwrite,
+            workers=args.workers,
+        )
+        print(
+            f"wrote {len(meta['sets'])} image sets of {args.per_set} and 2 x {args.clips} clips "
+            f"to {args.out} in {meta['seconds']:.1f} s"
+        )
+    elif args.kind == "allweather":
         meta = write_allweather(
             args.out,
             n_train=args.train,
@@ -95,9 +144,10 @@ def run(args: argparse.Namespace) -> int:
             size_hw=size,
             seed=args.seed,
             source_folder=args.source,
-            progress=not args.quiet,
+            progress=want_progress(args) and not args.quiet,
             overwrite=args.overwrite,
             workers=args.workers,
+            identity_share=args.identity_share,
         )
         print(
             f"wrote {meta['n_train']} train pairs and 4 x {meta['n_test']} test pairs "
@@ -113,9 +163,10 @@ def run(args: argparse.Namespace) -> int:
             split_test=args.test_videos,
             source_folder=args.source,
             video_files=args.video,
-            progress=not args.quiet,
+            progress=want_progress(args) and not args.quiet,
             overwrite=args.overwrite,
             workers=args.workers,
+            identity_share=args.identity_share,
         )
         print(
             f"wrote {meta['n_train']} train and {meta['n_test']} test videos of "

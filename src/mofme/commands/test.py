@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from mofme.commands.common import add_device_argument, add_model_arguments, parse_size
+from mofme.commands.common import (
+    add_device_argument,
+    add_model_arguments,
+    add_precision_argument,
+    add_progress_argument,
+    parse_size,
+    want_progress,
+)
+from mofme.commands.restore import add_max_pixels_option
+from mofme.data.datasets import default_test_lists, find_image_pairs  # noqa: F401 (re-exported)
 from mofme.errors import MofmeError
 
 HELP = "evaluate a checkpoint (PSNR/SSIM on RGB and Y, speed, active experts) on test data"
@@ -56,7 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tile", type=int, default=None, help="restore in tiles of N pixels")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
-    p.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast precision")
+    add_precision_argument(p)
+    p.add_argument(
+        "--amp",
+        choices=("none", "bf16"),
+        default=None,
+        help="older spelling of --precision fp32 / bf16",
+    )
     p.add_argument("--save-images", default=None, metavar="DIR", help="write restored images here")
     p.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON")
     p.add_argument(
@@ -90,7 +108,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also score the degraded inputs themselves (no restoration) for comparison",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out / --plot file and images in a non-empty --save-images",
+    )
+    add_max_pixels_option(p)
     add_device_argument(p)
     # --routing (from add_model_arguments) also takes a comma list here: a routing sweep.
 
@@ -112,46 +136,41 @@ def _splits(text: str | None) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()] if text else []
 
 
-def default_test_lists(root: Path) -> list[str]:
-    """The standard test lists present in ``root``, then any other ``*test*.txt`` there."""
-    from mofme.data.datasets import TRANSWEATHER_TEST_LISTS
-    from mofme.data.io import natural_key
-
-    known = [n for n in TRANSWEATHER_TEST_LISTS if (root / n).is_file()]
-    others = sorted(
-        (p.name for p in root.glob("*test*.txt") if p.is_file() and p.name not in known),
-        key=natural_key,
-    )
-    return known + others
-
-
-def find_image_pairs(root: Path, layout: str, split: str | None) -> list[Any]:
-    """Test pairs for an image layout, every requested split concatenated."""
-    from mofme.data.datasets import TRANSWEATHER_TEST_LISTS, find_pairs
-
-    splits = _splits(split)
-    if layout == "mofme":
-        splits = splits or ["test"]
-    elif layout == "transweather":
-        if not splits:
-            splits = default_test_lists(root)
-        if not splits:
-            raise MofmeError(
-                f"no test list file in {root} (looked for {', '.join(TRANSWEATHER_TEST_LISTS)}); "
-                "name one with --split"
-            )
-    else:
-        splits = splits or [None]  # type: ignore[list-item]
-    pairs = []
-    for s in splits:
-        pairs.extend(find_pairs(root, layout, s))
-    return pairs
-
-
 def run(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings():
+    from mofme.data.io import parse_pixels, pixel_budget
+
+    budget = None if args.max_pixels is None else parse_pixels(args.max_pixels, "--max-pixels")
+    # Under torchrun only rank 0 prints the tables (the other ranks compute their share).
+    quiet = int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+    hush = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
+    with warnings.catch_warnings(), pixel_budget(budget), hush:
         warnings.showwarning = _show_warning
         return _run(args)
+
+
+def check_outputs(args: argparse.Namespace, sweep: bool) -> None:
+    """Apply the overwrite rule and check that every output can be written, before evaluating
+    (an evaluation can take hours; a typo in --out must not cost them)."""
+    from mofme.commands.common import check_writable, refuse_existing
+
+    files = [Path(args.out)] if args.out else []
+    plot = args.plot or (
+        str(Path(args.out).with_name(Path(args.out).stem + "_sweep.png"))
+        if args.out and sweep
+        else None
+    )
+    if plot:
+        files.append(Path(plot))
+    saved = Path(args.save_images) if args.save_images else None
+    if saved is not None and saved.is_dir() and any(saved.iterdir()) and not args.overwrite:
+        raise MofmeError(
+            f"--save-images {saved} is not empty; pass --overwrite to replace the images in it"
+        )
+    refuse_existing(files, args.overwrite)
+    for path in files:
+        check_writable(path)
+    if saved is not None:
+        check_writable(saved, folder=True)
 
 
 def _show_warning(message: Any, category: Any, filename: Any, lineno: Any, *rest: Any) -> None:
@@ -189,6 +208,7 @@ def _run(args: argparse.Namespace) -> int:
     for spec in specs:
         parse_routing(spec)  # a typo fails now, not after an evaluation
     args.routing = specs[0] if len(specs) == 1 else None  # a sweep sets routing per run
+    check_outputs(args, sweep=len(specs) > 1)
     layout = args.layout or detect_layout(root)
     if args.official_crops and (layout == "rvsd" or args.tile is not None):
         raise MofmeError("--official-crops is for image test sets and replaces --tile")
@@ -203,10 +223,28 @@ def _run(args: argparse.Namespace) -> int:
         groups = sorted({p.group for p in pairs})
         items = f"{len(pairs)} images in {len(groups)} test set(s)"
 
-    device = resolve_device(args.device)
+    from mofme.commands.common import apply_precision_option
+    from mofme.inference.distributed import init_ranks, merge_eval_results, prepare_on_ranks
+
+    # Under torchrun each rank evaluates its share of the images / videos (rank::world);
+    # rank 0 merges the records into the one table a single process would print.
+    ranks, device = init_ranks(resolve_device(args.device))
     model = load_model(args, device, default="video" if layout == "rvsd" else "image")
+    # --official-crops is the fp32 reference: never probe or convert it.
+    if args.official_crops and args.precision == "auto":
+        args.precision = "fp32"
+    chosen = prepare_on_ranks(
+        lambda: apply_precision_option(
+            model, args, device, log=lambda m: print(m, file=sys.stderr)
+        ),
+        args,
+        ranks,
+    )
     source = args.ckpt or (f"preset {args.preset} (untrained)" if args.preset else "bundled")
-    print(f"evaluating {source} on {root} ({layout}: {items}) on {device}", file=sys.stderr)
+    if ranks.main:
+        print(chosen.note, file=sys.stderr)
+        on = f"{device} x {ranks.world} ranks" if ranks.active else str(device)
+        print(f"evaluating {source} on {root} ({layout}: {items}) on {on}", file=sys.stderr)
 
     def run_once(save_dir: str | None = args.save_images, net: Any = model) -> Any:
         common = dict(
@@ -215,15 +253,19 @@ def _run(args: argparse.Namespace) -> int:
             device=device,
             amp=args.amp,
             save_dir=save_dir,
-            progress=not args.no_progress,
+            progress=want_progress(args),
             strict=args.strict,
             resize=resize,
             flops_size=flops_size,
         )
         if layout == "rvsd":
-            return evaluate_videos(net, videos, max_frames=args.max_images, **common)
-        official = args.official_crops and not isinstance(net, InputAsOutput)
-        return evaluate_images(net, pairs, official=official, **common)
+            res = evaluate_videos(net, ranks.shard(videos), max_frames=args.max_images, **common)
+            order = [v.name for v in videos]
+        else:
+            official = args.official_crops and not isinstance(net, InputAsOutput)
+            res = evaluate_images(net, ranks.shard(pairs), official=official, **common)
+            order = [f"{p.group}/{Path(p.input).name}" for p in pairs]
+        return merge_eval_results(ranks.gather(res), order, net) if ranks.active else res
 
     meta = {
         "source": str(source),
@@ -231,6 +273,7 @@ def _run(args: argparse.Namespace) -> int:
         "layout": layout,
         "split": args.split,
         "max_images": args.max_images,
+        "precision": chosen.name,
     }
     baseline = None
     if args.input_baseline:
@@ -264,7 +307,7 @@ def _run(args: argparse.Namespace) -> int:
         plot_path = args.plot or (
             str(Path(args.out).with_name(Path(args.out).stem + "_sweep.png")) if args.out else None
         )
-        if plot_path:
+        if plot_path and ranks.main:
             plot_sweep(rows, plot_path)
             print(f"plot: {plot_path}")
         payload = {
@@ -274,7 +317,8 @@ def _run(args: argparse.Namespace) -> int:
         }
     if baseline is not None:
         payload["input_baseline"] = baseline.to_dict()
-    if args.out:
+    ranks.close()
+    if args.out and ranks.main:
         text = json.dumps(payload, indent=2, allow_nan=False)
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
         print(f"results: {args.out}", file=sys.stderr)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from mofme.commands.common import add_progress_argument, want_progress
 from mofme.errors import MofmeError
 
 HELP = "train an image or video model from a YAML config (resume, TensorBoard, DDP via torchrun)"
@@ -15,10 +17,15 @@ examples:
   mofme train configs/bundled_image.yaml --set train.lr=1e-3 --set model.router=uar
   mofme train configs/bundled_image.yaml --resume        # continue after an interruption
   mofme train --resume --out runs/bundled_image           # same, config from OUT/config.yaml
+  mofme train configs/finetune.yaml --init image          # fine-tune the bundled image model
   torchrun --nproc_per_node 4 -m mofme.cli train configs/allweather_paper.yaml   # 4 GPUs, DDP
 
 Ctrl-C (or SIGTERM) finishes the current step and saves OUT/model_last.safetensors and
 OUT/state_last.pt; --resume continues exactly where the run stopped.
+
+A run folder is locked while a run uses it (OUT/.mofme-train.lock: pid, host, start time); a
+second run on it, --resume included, is refused with a message naming the first. A lock left
+by a process that has died is taken over.
 """
 
 
@@ -41,6 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/state_last.pt")
     p.add_argument(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="fine-tune: start from this mofme checkpoint (or image / video for the bundled "
+        "weights); sets train.init",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="start fresh even though OUT holds a run (its checkpoints and logs are replaced)",
@@ -59,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default=None, help="auto, cpu, cuda, cuda:1 ... (overrides train.device)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
         if not (args.resume and args.out):
             raise MofmeError("give a config file (or --resume --out DIR to reuse DIR/config.yaml)")
         path = Path(args.out) / "config.yaml"
-    cfg = load_config(path, args.overrides)
+    overrides = list(args.overrides)
+    if args.init is not None:
+        # Before loading: "model.preset: init" needs train.init to build the model config.
+        # JSON quoting keeps the path a YAML string whatever it looks like.
+        overrides.append(f"train.init={json.dumps(args.init)}")
+    cfg = load_config(path, overrides)
     if args.out is not None:
         cfg.out = args.out
     if args.steps is not None:
@@ -83,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         stop_after=args.stop_after,
-        progress=not args.no_progress,
+        progress=want_progress(args),
     )
     if result["interrupted"] == "SIGINT":
         return 130

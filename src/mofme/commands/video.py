@@ -8,7 +8,12 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from mofme.commands.common import add_device_argument, resolve_device
+from mofme.commands.common import (
+    add_device_argument,
+    add_progress_argument,
+    resolve_device,
+    want_progress,
+)
 from mofme.commands.restore import (
     add_model_options,
     add_speed_options,
@@ -18,6 +23,9 @@ from mofme.commands.restore import (
     tile_for,
 )
 from mofme.errors import MofmeError
+
+# Frame rates above this are typos (or inf), and would make the encoder's time base degenerate.
+MAX_FPS = 1000.0
 
 HELP = "restore a video file or a folder of frames, streaming, with the reference-frame model"
 
@@ -37,26 +45,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fps",
         type=float,
         default=None,
-        help="output frame rate (default: the input's; 25 for a frame folder)",
+        help="re-time to this constant frame rate (drops the audio, which would no longer line "
+        "up); default: each frame keeps its input time (variable frame rate too; 25 fps for a "
+        "frame folder)",
+    )
+    p.add_argument(
+        "--no-audio",
+        action="store_true",
+        help="drop the sound; by default audio streams are copied (re-encoded to AAC/MP3 only "
+        "when the output container cannot hold their codec; a frame folder has no sound)",
     )
     p.add_argument(
         "--side-by-side", action="store_true", help="write input | restored next to each other"
     )
     p.add_argument(
+        "--no-pipeline",
+        action="store_true",
+        help="decode, restore and encode one after another (default: decoding and encoding run "
+        "in threads alongside the network; same output)",
+    )
+    p.add_argument(
         "--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_progress_argument(p)
     add_device_argument(p)
 
 
+def _peak_memory_mb(device) -> str:  # device: torch.device
+    """Peak memory of this process: it stays flat with the video's length (streaming)."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB on {device}"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return f"{peak / (2**20 if sys.platform == 'darwin' else 2**10):.0f} MB resident"
+
+
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm import tqdm
 
     from mofme.commands.common import load_model
-    from mofme.data.io import to_numpy, to_tensor
-    from mofme.inference.video import VideoRestorer
-    from mofme.inference.videoio import VideoWriter, frame_names, iter_frames, probe
+    from mofme.inference.video import restore_video_file
+    from mofme.inference.videoio import probe
 
     check_speed_options(args)
     src, dst = Path(args.input), Path(args.output)
@@ -64,23 +97,29 @@ def run(args: argparse.Namespace) -> int:
         raise MofmeError(f"cannot read video {src}: no such file or folder")
     if dst.resolve() == src.resolve():
         raise MofmeError(f"OUTPUT {dst} is the INPUT; choose another output")
-    if args.fps is not None and args.fps <= 0:
-        raise MofmeError(f"--fps must be > 0, got {args.fps}")
+    # `not 0 < x <= max` also refuses NaN (every comparison with NaN is false) and inf.
+    if args.fps is not None and not 0.01 <= args.fps <= MAX_FPS:
+        raise MofmeError(f"--fps must be between 0.01 and {MAX_FPS}, got {args.fps}")
+    if not 0 <= args.crf <= 51:
+        raise MofmeError(f"--crf must be in [0, 51] (H.264 quality), got {args.crf}")
+    from mofme.commands.common import check_writable
+    from mofme.data.io import remove_stale_temps
+    from mofme.inference.videoio import check_output_name, is_video_file
+
+    # A bad or unwritable output fails now, not after the first frames; temp files left by
+    # killed runs go.
+    check_output_name(dst)
+    check_writable(dst, folder=not is_video_file(dst))
+    remove_stale_temps(dst.parent)
     info = probe(src)
     fps = Fraction(args.fps).limit_denominator(100_000) if args.fps else info.fps or Fraction(25)
 
     device = resolve_device(args.device)
     model = load_model(args, device, default="video")
-    prepare_model(model, args, device)
-    restorer = VideoRestorer(
-        model,
-        tile=tile_for(args, info.height, info.width),
-        overlap=args.overlap,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        batch_tiles=batch_tiles_for(device),
-    )
-    mode = "reference frame" if restorer.uses_reference else "frame by frame (image model)"
+    chosen = prepare_model(model, args, device, log=lambda m: print(m, file=sys.stderr))
+    print(chosen.note, file=sys.stderr)
+    reference = model.cfg.in_channels == 6
+    mode = "reference frame" if reference else "frame by frame (image model)"
     print(
         f"{src}: {info.width}x{info.height}, {info.n_frames or '?'} frames, {float(fps):g} fps; "
         f"{mode}, routing {model.cfg.routing.describe()}",
@@ -88,32 +127,46 @@ def run(args: argparse.Namespace) -> int:
     )
 
     start = time.perf_counter()
-    bar = tqdm(total=info.n_frames, desc="video", unit="frame", disable=None, file=sys.stderr)
-    with VideoWriter(dst, fps=fps, crf=args.crf, overwrite=args.overwrite) as writer:
-        # Frame folder -> PNG folder keeps the frame names (when they are unique).
-        names = frame_names(src) if writer.is_folder else None
-        if names and len(set(names)) != len(names):
-            names = None
-        first_shape = None
-        for i, rgb in enumerate(iter_frames(src)):
-            first_shape = first_shape or rgb.shape
-            if rgb.shape != first_shape:
-                raise MofmeError(
-                    f"{src}: frame {i} is {rgb.shape[1]}x{rgb.shape[0]}, earlier frames are "
-                    f"{first_shape[1]}x{first_shape[0]}; the frame size must not change"
-                )
-            frame = to_tensor(rgb).unsqueeze(0)
-            out = to_numpy(restorer.step(frame))
-            if args.side_by_side:
-                out = np.concatenate([rgb, out], axis=1)
-            writer.write(out, name=names[i] if names else None)
-            bar.update(1)
-            bar.set_postfix(fps=f"{(i + 1) / (time.perf_counter() - start):.2f}")
-    bar.close()
-    elapsed = time.perf_counter() - start
-    n = writer.frames_written
+    bar = tqdm(
+        total=info.n_frames,
+        desc="video",
+        unit="frame",
+        disable=not want_progress(args),
+        file=sys.stderr,
+    )
+
+    def progress(done: int, total: int | None) -> None:
+        bar.update(done - bar.n)
+        bar.set_postfix(fps=f"{done / (time.perf_counter() - start):.2f}")
+
+    try:
+        result = restore_video_file(
+            model,
+            src,
+            dst,
+            tile=tile_for(args, info.height, info.width, model),
+            overlap=args.overlap,
+            amp=args.amp,
+            channels_last=args.channels_last,
+            batch_tiles=batch_tiles_for(device),
+            fps=Fraction(args.fps).limit_denominator(100_000) if args.fps else None,
+            side_by_side=args.side_by_side,
+            crf=args.crf,
+            overwrite=args.overwrite,
+            keep_audio=not args.no_audio,
+            pipeline=not args.no_pipeline,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    for note in result.notes:  # what happened to the sound and the frame timing
+        print(note, file=sys.stderr)
+    n, elapsed = result.frames, result.seconds
     pad = ""
-    if any(writer.padded):
-        pad = f" (padded by {writer.padded[0]} row / {writer.padded[1]} column to an even size)"
-    print(f"wrote {n} frames to {dst}{pad} in {elapsed:.1f} s ({n / elapsed:.2f} frames/s)")
+    if any(result.padded):
+        pad = f" (padded by {result.padded[0]} row / {result.padded[1]} column to an even size)"
+    print(
+        f"wrote {n} frames to {dst}{pad} in {elapsed:.1f} s ({n / elapsed:.2f} frames/s"
+        f"{'' if args.no_pipeline else ', pipelined'}; peak memory {_peak_memory_mb(device)})"
+    )
     return 0

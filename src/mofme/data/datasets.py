@@ -414,6 +414,9 @@ class PairedImageDataset(_SkippingDataset):
             ``skipped`` and return another random pair so an epoch never crashes. The count
             lives in the process that loaded the sample (per DataLoader worker).
         seed: mixed into every item's random generator (see module docstring).
+        identity_share: chance that an item's input is replaced by its ground truth (an
+            identity pair: teaches the model to leave clean content alone; real weather
+            datasets have none). 0 by default.
 
     Items: ``{"input": (3, H, W) float32, "gt": (3, H, W) float32, "name": input file name,
     "group": pair group}``; alpha channels are dropped, grayscale is replicated to RGB.
@@ -431,9 +434,13 @@ class PairedImageDataset(_SkippingDataset):
         strict: bool = False,
         seed: int = 0,
         vflip: bool = False,
+        identity_share: float = 0.0,
     ) -> None:
         if not pairs:
             raise MofmeError("PairedImageDataset got no pairs")
+        if not 0.0 <= identity_share <= 1.0:
+            raise MofmeError(f"identity_share must be in [0, 1], got {identity_share}")
+        self.identity_share = identity_share
         if crop is not None and crop < 1:
             raise ValueError(f"crop must be positive or None, got {crop}")
         self.pairs = list(pairs)
@@ -460,6 +467,8 @@ class PairedImageDataset(_SkippingDataset):
                 resize_rgb(target.rgb, self.resize, target.bit_depth),
             ]
         images = _crop_and_flip(images, self.crop, self.flip, self.vflip, rng)
+        if self.identity_share and rng.random() < self.identity_share:
+            images = [images[1], images[1]]
         return {
             "input": _chw(images[0]),
             "gt": _chw(images[1]),
@@ -541,6 +550,39 @@ class VideoClipDataset(_SkippingDataset):
             "video": video.name,
             "start": start,
         }
+
+
+def default_test_lists(root: Path) -> list[str]:
+    """The standard test lists present in ``root``, then any other ``*test*.txt`` there."""
+    known = [n for n in TRANSWEATHER_TEST_LISTS if (root / n).is_file()]
+    others = sorted(
+        (p.name for p in root.glob("*test*.txt") if p.is_file() and p.name not in known),
+        key=natural_key,
+    )
+    return known + others
+
+
+def find_image_pairs(root: Path, layout: str, split: str | None) -> list[Pair]:
+    """Test pairs of an image dataset, every requested split (comma-separated) concatenated;
+    no split: all test sets of the layout (mofme: every ``test_*``; transweather: the standard
+    test lists present)."""
+    splits = [s.strip() for s in split.split(",") if s.strip()] if split else []
+    if layout == "mofme":
+        splits = splits or ["test"]
+    elif layout == "transweather":
+        if not splits:
+            splits = default_test_lists(root)
+        if not splits:
+            raise MofmeError(
+                f"no test list file in {root} (looked for {', '.join(TRANSWEATHER_TEST_LISTS)}); "
+                "name one with --split"
+            )
+    else:
+        splits = splits or [None]  # type: ignore[list-item]
+    pairs = []
+    for s in splits:
+        pairs.extend(find_pairs(root, layout, s))
+    return pairs
 
 
 def detect_layout(root: str | os.PathLike[str], split: str | None = None) -> str:

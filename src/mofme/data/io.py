@@ -20,6 +20,12 @@ Reading (:func:`load_image`) converts rather than rejects:
   value to put there).
 * Anything unreadable (missing, empty, not an image, truncated) raises
   :class:`~mofme.errors.MofmeError` ``"cannot read image PATH: reason"``.
+* A pixel budget (:data:`DEFAULT_MAX_PIXELS`, 100 megapixels; raise it with the environment
+  variable ``MOFME_MAX_PIXELS`` or :func:`pixel_budget`) is checked against the size in the file
+  header before any decoding, for every reader (Pillow, tifffile, FFmpeg), so a small file that
+  claims a huge size cannot exhaust memory. It replaces Pillow's own decompression-bomb limit.
+* Multi-frame files (animated GIF/PNG/WebP, multi-page TIFF): the first frame is read;
+  :attr:`LoadedImage.frames` says how many there are, so callers can tell the user.
 
 Writing (:func:`save_image`) is atomic (temporary file in the same folder, then ``os.replace``),
 so an interrupted run never leaves a half-written image under the final name.
@@ -27,9 +33,13 @@ so an interrupted run never leaves a half-written image under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +50,18 @@ from PIL import Image
 from mofme.errors import MofmeError
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "LoadedImage",
     "list_images",
     "load_image",
+    "luma",
+    "max_pixels",
     "natural_key",
+    "parse_pixels",
+    "pixel_budget",
     "read_image",
+    "remove_stale_temps",
     "resize_rgb",
     "save_image",
     "to_numpy",
@@ -67,7 +83,19 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 )
 
 _EXIF_ORIENTATION = 0x0112
+
+#: Largest image (width x height) the readers accept unless raised: 100 MP is about 1.2 GB as
+#: float RGB and a few GB at peak while converting; it covers 108 MP phone sensors only when
+#: raised, which is deliberate (a header is cheap to forge, memory is not).
+DEFAULT_MAX_PIXELS = 100_000_000
+_MAX_PIXELS_ENV = "MOFME_MAX_PIXELS"
+_budget_override: int | None = None  # set by pixel_budget(); wins over the environment
+_pillow_limit_lock = threading.Lock()
 _TIFF_SUFFIXES = (".tif", ".tiff")
+# Pillow modes of grayscale files (16-bit ones are "I;16", "I;16B", ...).
+_GREY_MODES = ("1", "L", "LA", "La", "I", "F")
+# ITU-R BT.601 luma weights, as Pillow's convert("L"): how an RGB result becomes grey again.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 # Formats whose Pillow writers store an alpha channel.
 _ALPHA_SUFFIXES = (".png", ".tif", ".tiff", ".webp")
 
@@ -89,6 +117,77 @@ class LoadedImage:
     alpha: np.ndarray | None
     bit_depth: int
     mode: str
+    frames: int = 1  # frames/pages in the file; only the first is in ``rgb``
+
+    @property
+    def grey(self) -> bool:
+        """The file is grayscale (with or without alpha): results go back as grayscale."""
+        return self.mode in _GREY_MODES or self.mode.startswith("I;16")
+
+
+# ------------------------------------------------------------------------------ pixel budget
+
+
+def parse_pixels(text: str, what: str = "pixel budget") -> int:
+    """``"250000000"``, ``"250M"`` / ``"250MP"`` or ``"2.5e8"`` -> pixels; ``0`` = no limit."""
+    value = str(text).strip().upper().removesuffix("P")
+    scale = 1_000_000 if value.endswith("M") else 1
+    try:
+        pixels = float(value.removesuffix("M")) * scale
+    except ValueError:
+        pixels = -1.0
+    if not (pixels >= 0 and pixels < float("inf")):
+        raise MofmeError(f"bad {what} {text!r}: give a number of pixels such as 250M (0: none)")
+    return int(pixels)
+
+
+def max_pixels() -> int:
+    """The pixel budget in force (0 = unlimited): :func:`pixel_budget`, else the environment."""
+    if _budget_override is not None:
+        return _budget_override
+    env = os.environ.get(_MAX_PIXELS_ENV)
+    if env is None or not env.strip():
+        return DEFAULT_MAX_PIXELS
+    return parse_pixels(env, f"{_MAX_PIXELS_ENV} value")
+
+
+@contextlib.contextmanager
+def pixel_budget(pixels: int | str | None) -> Iterator[None]:
+    """Use another pixel budget inside the block (``None``: leave it as it is; 0: no limit)."""
+    global _budget_override
+    old = _budget_override
+    if pixels is not None:
+        _budget_override = parse_pixels(str(pixels)) if isinstance(pixels, str) else int(pixels)
+    try:
+        yield
+    finally:
+        _budget_override = old
+
+
+def check_pixels(path: Path, width: int, height: int, what: str = "image") -> None:
+    """Refuse ``width x height`` beyond the budget, before anything is allocated for it."""
+    limit = max_pixels()
+    if limit and int(width) * int(height) > limit:
+        raise MofmeError(
+            f"cannot read {what} {path}: {width}x{height} is {width * height / 1e6:.3g} MP, over "
+            f"the pixel budget of {limit / 1e6:g} MP (raise it with --max-pixels or "
+            f"{_MAX_PIXELS_ENV}=N)"
+        )
+
+
+def _open_pillow(path: Path) -> Image.Image:
+    """``Image.open`` without Pillow's own bomb check: mofme checks its budget right after.
+
+    Pillow's fixed 89 MP warning / 179 MP error would make the documented, raisable budget
+    unraisable and, for TIFF, send bombs to the tifffile fallback that decoded them anyway.
+    """
+    with _pillow_limit_lock:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -103,13 +202,25 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
         MofmeError: the file is missing, empty, not an image, truncated, or holds NaN/inf.
     """
     path = Path(path)
-    if not path.is_file():
-        reason = "it is a folder" if path.is_dir() else "no such file"
-        raise MofmeError(f"cannot read image {path}: {reason}")
-    if path.stat().st_size == 0:
+    try:
+        info = path.stat()
+    except OSError as exc:  # missing, symlink loop, unreadable folder on the way, ...
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else _reason(exc)
+        raise MofmeError(f"cannot read image {path}: {reason}") from None
+    if path.is_dir():
+        raise MofmeError(f"cannot read image {path}: it is a folder")
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block, a device never end
+        raise MofmeError(f"cannot read image {path}: not a regular file")
+    if info.st_size == 0:
         raise MofmeError(f"cannot read image {path}: the file is empty")
     try:
-        with Image.open(path) as img:
+        with _open_pillow(path) as img:
+            # The header alone gives the size: refuse a bomb before load() decodes it.
+            check_pixels(path, *img.size)
+            # Animations and multi-page files; not MPO "JPEGs", whose extra frames are
+            # previews or depth maps of the same photo.
+            animated = img.format in ("GIF", "PNG", "WEBP", "TIFF")
+            frames = int(getattr(img, "n_frames", 1) or 1) if animated else 1
             mode = img.mode
             rawmode = _tile_rawmode(img)
             # load() decodes the whole file, so truncated or corrupt data fails here.
@@ -131,7 +242,9 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
             # Float RGB TIFFs (and a few other layouts) are not supported by Pillow at all.
             return _load_with_tifffile(path, exc)
         raise MofmeError(f"cannot read image {path}: {_reason(exc)}") from exc
-    return _finish(rgb, alpha, bit_depth, mode, orientation, path)
+    loaded = _finish(rgb, alpha, bit_depth, mode, orientation, path)
+    loaded.frames = frames
+    return loaded
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -140,6 +253,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # "No space left on device", without "[Errno 28]"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text
 
@@ -275,6 +390,9 @@ def _tifffile_array(path: Path) -> tuple[np.ndarray, int]:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
+        # Pillow may have refused this file before reading its size; check the budget here too,
+        # from the page header, before asarray() allocates the whole image.
+        check_pixels(path, int(page.imagewidth), int(page.imagelength))
         array = page.asarray()
         if array.ndim == 3 and int(page.planarconfig) == 2:  # separate planes: (C, H, W)
             array = np.moveaxis(array, 0, -1)
@@ -286,6 +404,8 @@ def _tifffile_array(path: Path) -> tuple[np.ndarray, int]:
 def _load_with_tifffile(path: Path, pillow_error: Exception) -> LoadedImage:
     try:
         array, orientation = _tifffile_array(path)
+    except MofmeError:
+        raise
     except ImportError:
         raise MofmeError(f"cannot read image {path}: {_reason(pillow_error)}") from pillow_error
     except Exception as exc:
@@ -353,11 +473,12 @@ def save_image(
     data = np.rint(np.clip(planes, 0.0, 1.0) * scale)
     data = data.astype(np.uint16 if bit_depth == 16 else np.uint8)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Same folder (same file system, so os.replace is atomic); hidden so listings skip it;
-    # keeps the extension so every writer sees a normal file name.
+    # keeps the extension so every writer sees a normal file name; the pid lets a later run
+    # remove it if this process dies (remove_stale_temps).
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if bit_depth == 16 and suffix == ".png":
             _write_png16(tmp, data)
         elif bit_depth == 16:
@@ -377,8 +498,42 @@ def save_image(
     except OSError as exc:
         raise MofmeError(f"cannot write image {path}: {_reason(exc)}") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        # On a read-only or vanished folder unlink fails too; that must not hide the real error.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
+
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(\..*)?$")
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the hidden ``.NAME.tmp-PID...`` files/folders of dead processes in ``folder``.
+
+    Atomic writes (:func:`save_image`, videos, checkpoints) put the pid in their temporary
+    names; a process killed by SIGKILL cannot remove its own, so the next run does. Temp files
+    of live processes (a concurrent run) are left alone. Returns what was removed.
+    """
+    import shutil
+
+    from mofme.runlock import pid_alive
+
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed  # missing or unreadable: nothing of ours to clean
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
 
 
 def _write_png16(path: Path, data: np.ndarray) -> None:
@@ -435,6 +590,15 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int], bit_depth: int = 8) -> np
         for c in range(rgb.shape[2])
     ]
     return np.clip(np.stack(planes, axis=2), 0.0, 1.0).astype(np.float32)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """Float RGB ``(H, W, 3)`` -> grayscale ``(H, W)`` (BT.601 weights, as Pillow's ``"L"``).
+
+    A grayscale input goes through the network as three equal channels, and the restored
+    channels differ slightly; writing them as RGB would tint a grey image.
+    """
+    return np.asarray(rgb, np.float32) @ _LUMA
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -34,25 +34,47 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
+from mofme.data.content import (
+    GREY_PHOTOS,
+    HELD_OUT_PHOTOS,
+    LEAVES_SHARE,
+    TRAIN_PHOTOS,
+    colour_cast,
+    dead_leaves,
+    package_photo,
+)
 from mofme.data.weather import (
+    ALL_TYPES,
+    CLEAN,
     SEVERITIES,
     WEATHER_TYPES,
+    apply_weather,
     camera_clip,
+    fit_to_size,
     snow_video,
-    video_frames,
-    video_length,
 )
 from mofme.errors import MofmeError
 
-BUNDLED_PHOTOS: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
-"""Natural colour photos bundled with scikit-image that load without a download."""
+BUNDLED_PHOTOS: tuple[str, ...] = HELD_OUT_PHOTOS
+"""The held-out photos (scikit-image, no download): demo and benchmark, never training."""
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
 MAX_SOURCE_SIDE = 1024
 """User photos are shrunk so that their longer side is at most this (bounds memory)."""
 
-TRAIN_TYPES: tuple[str, ...] = ("rain_fog", "raindrop", "snow", "haze")
-"""Weather of train item ``i`` is ``TRAIN_TYPES[i % 4]`` (a balanced mix)."""
+TRAIN_TYPES: tuple[str, ...] = ALL_TYPES
+"""Weather of train item ``i`` is ``TRAIN_TYPES[i % len(TRAIN_TYPES)]`` (a balanced mix of the
+single and composite types), unless the item is an identity pair (``clean``)."""
+
+IDENTITY_SHARE = 0.12
+"""Default share of identity pairs (clean -> clean) in synthetic training data."""
+SEVERITY_WEIGHTS = (0.4, 0.35, 0.25)
+"""Training severity mix (light, medium, heavy); light items are also weakened at random."""
+LIGHT_STRENGTH = (0.1, 1.0)
+"""Blend range of light training items toward the clean image (0.1 = barely visible)."""
+RENDER_SCALE = (0.75, 1.75)
+"""Training views are rendered at this scale (log-uniform) and resized to the item size, so
+streaks, flakes and drops appear at many sizes relative to the image (resolution jitter)."""
 
 
 @dataclass(frozen=True)
@@ -123,21 +145,7 @@ def load_rgb(path: str | Path, max_side: int | None = MAX_SOURCE_SIDE) -> np.nda
 
 @functools.lru_cache(maxsize=1)
 def _bundled_photos() -> tuple[np.ndarray, ...]:
-    import skimage.data as skd
-
-    loaders: dict[str, Callable[[], np.ndarray]] = {
-        "astronaut": skd.astronaut,
-        "chelsea": skd.chelsea,
-        "coffee": skd.coffee,
-        "rocket": skd.rocket,
-        "motorcycle": lambda: skd.stereo_motorcycle()[0],
-    }
-    photos = []
-    for name in BUNDLED_PHOTOS:
-        arr = np.ascontiguousarray(loaders[name]()[..., :3], dtype=np.uint8)
-        arr.setflags(write=False)  # shared cache: nobody may alter it
-        photos.append(arr)
-    return tuple(photos)
+    return tuple(package_photo(name) for name in BUNDLED_PHOTOS)
 
 
 def image_files(folder: str | Path) -> list[Path]:
@@ -168,6 +176,44 @@ def clean_sources(
     if not photos:
         raise MofmeError("no clean source photos: give a source folder or include the bundled ones")
     return photos
+
+
+@dataclass(frozen=True)
+class Source:
+    """One clean source photo of a training pool; grey photos get a colour cast per view."""
+
+    image: np.ndarray
+    grey: bool = False
+
+
+def training_sources(folder: str | Path | None = None) -> list[Source]:
+    """The train pool: package photos disjoint from the held-out ones, then the user's photos
+    (``folder``). Dead-leaves images are added per item, not listed here."""
+    pool = [Source(package_photo(n), n in GREY_PHOTOS) for n in TRAIN_PHOTOS]
+    if folder is not None:
+        pool.extend(Source(load_rgb(p)) for p in image_files(folder))
+    return pool
+
+
+def training_view(
+    pool: Sequence[Source],
+    size_hw: tuple[int, int],
+    rng: np.random.Generator,
+    leaves_share: float = LEAVES_SHARE,
+) -> np.ndarray:
+    """A clean training view ``(h, w, 3)`` float32: dead leaves (``leaves_share``) or a random
+    view of a pool photo."""
+    if not pool or rng.random() < leaves_share:
+        return dead_leaves(size_hw, rng)
+    src = pool[int(rng.integers(len(pool)))]
+    view = random_view(src.image, size_hw, rng)
+    return colour_cast(view, rng) if src.grey else view
+
+
+def _resize_u8(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    if img.shape[:2] == tuple(size_hw):
+        return img
+    return np.asarray(Image.fromarray(img).resize((size_hw[1], size_hw[0]), Image.LANCZOS))
 
 
 def random_view(img: np.ndarray, size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -253,24 +299,37 @@ def _write_text(path: Path, text: str) -> None:
     write_atomic(path, text.encode("utf-8"))
 
 
-# Worker state: the clean photos, loaded once per process.
-_SOURCES: list[np.ndarray] | None = None
+# Worker state: the clean source pool, loaded once per process.
+_SOURCES: list[Source] | None = None
 
 
-def _init_worker(source_folder: str | None) -> None:
+def make_pool(kind: str, source_folder: str | Path | None = None) -> list[Source]:
+    """``"train"``: :func:`training_sources`; ``"heldout"``: the held-out photos (+ ``folder``);
+    ``"user"``: the photos in ``folder`` alone."""
+    if kind == "user" and source_folder is not None:
+        return [Source(load_rgb(p)) for p in image_files(source_folder)]
+    if kind == "train":
+        return training_sources(source_folder)
+    if kind == "heldout":
+        return [Source(p) for p in clean_sources(source_folder)]
+    raise MofmeError(f"unknown content pool {kind!r}; use train or heldout")
+
+
+def _init_worker(source_folder: str | None, pool: str = "train") -> None:
     global _SOURCES
-    _SOURCES = clean_sources(source_folder)
+    _SOURCES = make_pool(pool, source_folder)
 
 
 def _run_jobs(
     fn: Callable[[Any], Any],
     jobs: Sequence[Any],
     workers: int,
-    sources: list[np.ndarray],
+    sources: list[Source],
     source_folder: str | None,
     desc: str,
     progress: bool,
     weight: Callable[[Any], int] = lambda job: 1,
+    pool_kind: str = "train",
 ) -> list[Any]:
     """Run ``fn`` over ``jobs`` in order (optionally in a process pool) with a progress bar.
     In-process runs use ``sources``; pool workers load them again from ``source_folder``."""
@@ -290,7 +349,8 @@ def _run_jobs(
         else:
             # "spawn": workers start clean even if the caller has threads running (e.g. torch).
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(source_folder,)) as pool:
+            init_args = (source_folder, pool_kind)
+            with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
                 for job, res in zip(jobs, pool.imap(fn, jobs, chunksize=4)):
                     results.append(res)
                     bar.update(weight(job))
@@ -327,16 +387,33 @@ class _ImageJob:
     seed: int
     size_hw: tuple[int, int]
     copy_to: str | None = None  # an extra folder receiving the pair as <index>.png in both
+    severity: str | None = None  # None: random (training mix); else fixed (benchmark)
+    jitter: bool = True  # render-scale jitter and random weakening of light items
+    leaves_share: float = LEAVES_SHARE
 
 
 def _image_job(job: _ImageJob) -> dict[str, Any]:
     assert _SOURCES is not None
     rng = np.random.default_rng([job.seed, job.stream, job.index])
-    src_i = int(rng.integers(len(_SOURCES)))
-    clean = random_view(_SOURCES[src_i], job.size_hw, rng)
-    severity = str(rng.choice(SEVERITIES))
-    degraded = WEATHER_TYPES[job.weather](clean, rng, severity)
-    clean8, deg8 = _quantise(clean), _quantise(degraded)
+    h, w = job.size_hw
+    if job.jitter:
+        u = math.exp(rng.uniform(math.log(RENDER_SCALE[0]), math.log(RENDER_SCALE[1])))
+        render_hw = (max(16, round(h * u)), max(16, round(w * u)))
+    else:
+        render_hw = (h, w)
+    clean = training_view(_SOURCES, render_hw, rng, job.leaves_share)
+    if job.severity is None:
+        severity = str(rng.choice(SEVERITIES, p=SEVERITY_WEIGHTS))
+    else:
+        severity = job.severity
+    strength = 1.0
+    if job.jitter and severity == "light":
+        strength = float(rng.uniform(*LIGHT_STRENGTH))
+    degraded = apply_weather(job.weather, clean, rng, severity, strength)
+    clean8 = _resize_u8(_quantise(clean), job.size_hw)
+    deg8 = _resize_u8(_quantise(degraded), job.size_hw)
+    if job.weather == CLEAN:
+        deg8 = clean8  # exactly the identity, whatever the resampling did
     root = Path(job.root)
     in_png, gt_png = _png_bytes(deg8), _png_bytes(clean8)
     write_atomic(root / job.folder / "input" / job.in_name, in_png)
@@ -349,13 +426,19 @@ def _image_job(job: _ImageJob) -> dict[str, Any]:
         "input": f"{job.folder}/input/{job.in_name}",
         "gt": f"{job.folder}/gt/{job.gt_name}",
         "type": job.weather,
-        "severity": severity,
-        "source": src_i,
+        "severity": severity if job.weather != CLEAN else "none",
+        "strength": round(strength, 3),
+        "render_hw": list(render_hw),
         "psnr": round(_psnr_u8(deg8, clean8), 3),
     }
     if job.copy_to is not None:
         record["copy"] = f"{job.copy_to}/input/{job.index:05d}.png"
     return record
+
+
+def _is_identity(seed: int, stream: int, index: int, share: float) -> bool:
+    # Its own generator, so the choice is known when naming files, before the item is drawn.
+    return bool(np.random.default_rng([seed, stream, index, 1]).random() < share)
 
 
 def write_allweather(
@@ -368,13 +451,20 @@ def write_allweather(
     progress: bool = True,
     overwrite: bool = False,
     workers: int = 1,
+    identity_share: float = IDENTITY_SHARE,
 ) -> dict[str, Any]:
     """Write a synthetic Allweather dataset in both the MoFME and TransWeather layouts.
 
     MoFME layout: ``out/train/{input,gt}/`` (``<i>_<type>.png``, same name in both),
     ``out/test_rain/`` (rain + fog), ``out/test_snow/``, ``out/test_haze/`` (``<i>.png``) and
     ``out/test_raindrop/`` (``<i>_rain.png`` in ``input``, ``<i>_clean.png`` in ``gt``, as in
-    RainDrop). Train mixes :data:`TRAIN_TYPES`; every item has a random severity.
+    RainDrop). Train mixes :data:`TRAIN_TYPES` (single and composite weather) with a share
+    ``identity_share`` of identity pairs (``<i>_clean.png``: input = ground truth); severities
+    follow :data:`SEVERITY_WEIGHTS`, light items are weakened down to barely visible, and every
+    view is rendered at a random scale (:data:`RENDER_SCALE`). Content is the train pool
+    (:func:`training_view`: dead leaves and package photos disjoint from the held-out ones,
+    plus ``source_folder``); the target is always the source itself, so haze or low contrast
+    already in a photo is content, not weather. Test splits use the same content pool.
 
     TransWeather layout: list files ``out/allweather.txt``, ``test1.txt``,
     ``raindroptesta.txt``, ``snowtest100k_L.txt``, ``hazetest.txt`` with one path per line
@@ -391,6 +481,8 @@ def write_allweather(
     seed = _check_seed(seed)
     if n_train < 0 or n_test < 0:
         raise MofmeError("the numbers of train and test images must not be negative")
+    if not 0.0 <= identity_share <= 1.0:
+        raise MofmeError(f"the identity share must be in [0, 1], got {identity_share}")
     managed = [
         "train",
         *(s.folder for s in TEST_SPLITS),
@@ -403,11 +495,13 @@ def write_allweather(
     protect = [Path(source_folder)] if source_folder is not None else []
     _prepare_out(out, overwrite, managed, protect)
     folder = str(source_folder) if source_folder is not None else None
-    sources = clean_sources(folder)  # fail early on unreadable files, before any work
+    sources = training_sources(folder)  # fail early on unreadable files, before any work
 
     jobs: list[_ImageJob] = []
     for i in range(n_train):
         weather = TRAIN_TYPES[i % len(TRAIN_TYPES)]
+        if _is_identity(seed, 0, i, identity_share):
+            weather = CLEAN
         name = f"{i:05d}_{weather}.png"
         jobs.append(_ImageJob(str(out), "train", i, 0, weather, name, name, seed, size_hw))
     for split in TEST_SPLITS:
@@ -450,7 +544,13 @@ def write_allweather(
         "size_hw": list(size_hw),
         "n_train": n_train,
         "n_test": n_test,
-        "sources": _source_names(folder),
+        "identity_share": identity_share,
+        "content": {
+            "leaves_share": LEAVES_SHARE,
+            "photos": list(TRAIN_PHOTOS),
+            "user_photos": [str(p) for p in (image_files(folder) if folder else [])],
+            "held_out_never_used": list(HELD_OUT_PHOTOS),
+        },
         "seed_streams": {"train": 0, **{s.folder: s.stream for s in TEST_SPLITS}},
         "item_rng": "numpy.random.default_rng([seed, stream, index])",
         "lists": {"train": TRAIN_LIST, **{s.folder: s.list_name for s in TEST_SPLITS}},
@@ -466,6 +566,34 @@ def write_allweather(
 # --------------------------------------------------------------------------------------------
 
 
+def video_clip(
+    path: str | Path, n_frames: int, size_hw: tuple[int, int], start: int = 0
+) -> list[np.ndarray]:
+    """Up to ``n_frames`` consecutive frames of a video file from index ``start``, each
+    centre-cropped to the aspect of ``size_hw`` and resized: float32 ``(h, w, 3)`` in [0, 1]
+    (fewer when the video is shorter). Raises :class:`MofmeError` naming the file when it cannot
+    be decoded or holds no frame at or after ``start``."""
+    from mofme.inference.videoio import iter_frames
+
+    frames: list[np.ndarray] = []
+    for i, rgb in enumerate(iter_frames(path)):
+        if i < start:
+            continue
+        frames.append(fit_to_size(rgb, size_hw))
+        if len(frames) >= n_frames:
+            break
+    if not frames:
+        raise MofmeError(f"video {path} has no frames (from frame {start} on)")
+    return frames
+
+
+def video_length(path: str | Path) -> int:
+    """Frames the container declares for its first video stream (0 if unknown)."""
+    from mofme.inference.videoio import probe
+
+    return probe(path).n_frames or 0
+
+
 @dataclass(frozen=True)
 class _VideoJob:
     root: str
@@ -476,22 +604,44 @@ class _VideoJob:
     seed: int
     size_hw: tuple[int, int]
     video_file: str | None
+    identity: bool = False  # a clean clip: snow frames = clean frames
+    severity: str | None = None  # None: random training mix; else fixed (benchmark)
+    jitter: bool = True  # light clips weakened at random
+    leaves_share: float = LEAVES_SHARE
+    stream: int | None = None  # default: RVSD_STREAMS[split]
 
 
 def _video_job(job: _VideoJob) -> dict[str, Any]:
     assert _SOURCES is not None
-    rng = np.random.default_rng([job.seed, RVSD_STREAMS[job.split], job.index])
+    stream = RVSD_STREAMS[job.split] if job.stream is None else job.stream
+    rng = np.random.default_rng([job.seed, stream, job.index])
     if job.video_file is not None:
         length = video_length(job.video_file)
         start = int(rng.integers(0, max(1, length - job.n_frames + 1)))
-        frames = video_frames(job.video_file, job.n_frames, job.size_hw, start=start)
+        frames = video_clip(job.video_file, job.n_frames, job.size_hw, start=start)
         source: Any = {"video": job.video_file, "start": start}
+    elif not _SOURCES or rng.random() < job.leaves_share:
+        h, w = job.size_hw
+        scene = dead_leaves((round(h * 1.6), round(w * 1.6)), rng)  # room for the camera move
+        frames = camera_clip(scene, job.n_frames, job.size_hw, rng)
+        source = {"dead_leaves": True}
     else:
         src_i = int(rng.integers(len(_SOURCES)))
-        frames = camera_clip(_SOURCES[src_i], job.n_frames, job.size_hw, rng)
+        src = _SOURCES[src_i]
+        photo = colour_cast(src.image.astype(np.float32) / 255.0, rng) if src.grey else src.image
+        frames = camera_clip(photo, job.n_frames, job.size_hw, rng)
         source = {"photo": src_i}
-    severity = str(rng.choice(SEVERITIES))
-    snowy = snow_video(frames, rng, severity)
+    if job.severity is not None:
+        severity = job.severity
+    else:
+        severity = str(rng.choice(SEVERITIES, p=SEVERITY_WEIGHTS))
+    strength = float(rng.uniform(*LIGHT_STRENGTH)) if job.jitter and severity == "light" else 1.0
+    if job.identity:
+        snowy, severity, strength = [np.array(f, dtype=np.float32) for f in frames], "none", 0.0
+    else:
+        snowy = snow_video(frames, rng, severity)
+        if strength < 1.0:
+            snowy = [c + strength * (s - c) for c, s in zip(frames, snowy)]
     root = Path(job.root) / job.split
     psnrs = []
     for t, (clean, bad) in enumerate(zip(frames, snowy)):
@@ -504,6 +654,7 @@ def _video_job(job: _VideoJob) -> dict[str, Any]:
         "video": job.name,
         "frames": len(frames),
         "severity": severity,
+        "strength": round(strength, 3),
         "source": source,
         "psnr_mean": round(float(np.mean(psnrs)), 3),
     }
@@ -521,6 +672,7 @@ def write_rvsd(
     progress: bool = True,
     overwrite: bool = False,
     workers: int = 1,
+    identity_share: float = IDENTITY_SHARE,
 ) -> dict[str, Any]:
     """Write synthetic snowy videos in the RVSD layout.
 
@@ -530,7 +682,10 @@ def write_rvsd(
     Clean clips are camera moves over the clean photos (:func:`camera_clip`), or, when
     ``video_files`` are given, clips cut from them in turn (train video ``i`` uses file
     ``i mod F``, test video ``j`` file ``(n_train + j) mod F``, at a random start; a video
-    shorter than ``n_frames`` gives a shorter clip). Each video has one random severity.
+    shorter than ``n_frames`` gives a shorter clip). Each video has one random severity (light
+    ones weakened at random); a share ``identity_share`` of the train videos are clean clips
+    (snow = clean). Photos come from the train pool (dead leaves and package photos disjoint
+    from the held-out ones, plus ``source_folder``).
     Refuses a non-empty ``out`` unless ``overwrite``. Returns the ``meta.json`` content.
     """
     out = Path(out)
@@ -548,15 +703,20 @@ def write_rvsd(
             raise MofmeError(f"video file {f} does not exist")
     protect = [Path(p) for p in files] + ([Path(source_folder)] if source_folder else [])
     _prepare_out(out, overwrite, ["train", "test", "meta.json", "preview.png"], protect)
+    if not 0.0 <= identity_share <= 1.0:
+        raise MofmeError(f"the identity share must be in [0, 1], got {identity_share}")
     folder = str(source_folder) if source_folder is not None else None
-    sources = clean_sources(folder)  # fail early on unreadable files
+    sources = training_sources(folder)  # fail early on unreadable files
 
     n_train = n_videos - split_test
     jobs = []
     for split, count, offset in (("train", n_train, 0), ("test", split_test, n_train)):
         for i in range(count):
             video = files[(offset + i) % len(files)] if files else None
-            jobs.append(_VideoJob(str(out), split, i, f"{i:04d}", n_frames, seed, size_hw, video))
+            ident = split == "train" and _is_identity(seed, RVSD_STREAMS[split], i, identity_share)
+            jobs.append(
+                _VideoJob(str(out), split, i, f"{i:04d}", n_frames, seed, size_hw, video, ident)
+            )
     start = time.perf_counter()
     records = _run_jobs(
         _video_job, jobs, workers, sources, folder, "rvsd", progress, weight=lambda j: j.n_frames
@@ -568,10 +728,108 @@ def write_rvsd(
         "n_frames": n_frames,
         "n_train": n_train,
         "n_test": split_test,
+        "identity_share": identity_share,
+        "content": {"leaves_share": LEAVES_SHARE, "photos": list(TRAIN_PHOTOS)},
         "seed_streams": dict(RVSD_STREAMS),
         "item_rng": "numpy.random.default_rng([seed, stream, index])",
         "seconds": round(time.perf_counter() - start, 2),
         "videos": records,
+    }
+    _write_text(out / "meta.json", json.dumps(meta, indent=1))
+    return meta
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out benchmark
+# --------------------------------------------------------------------------------------------
+
+BENCH_STREAM = 100
+"""Seed streams of the benchmark start here (never used by training data)."""
+
+
+def write_benchmark(
+    out: str | Path,
+    n_per_set: int = 8,
+    size_hw: tuple[int, int] = (256, 256),
+    n_clips: int = 6,
+    n_frames: int = 12,
+    clip_size_hw: tuple[int, int] = (192, 256),
+    seed: int = 0,
+    source_folder: str | Path | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Write the held-out benchmark from photos no training set uses.
+
+    ``out/images/test_<type>_<severity>/{input,gt}/<i>.png`` for every weather type and
+    composite (:data:`~mofme.data.weather.ALL_TYPES`) at light / medium / heavy (full strength),
+    plus ``out/images/test_clean/`` (input = ground truth: the do-no-harm set). Videos in the
+    RVSD layout: ``out/video/test/{snow,clean}/<clip>/`` (snowy clips at light, medium and heavy
+    in turn) and ``out/video_clean/test/{snow,clean}/<clip>/`` (clean clips). Content: the
+    held-out photos (:data:`~mofme.data.content.HELD_OUT_PHOTOS`; ``source_folder`` replaces
+    them when given), no dead leaves. Score it with ``mofme test CKPT --data out/images``.
+    """
+    out = Path(out)
+    size_hw, clip_size_hw = _check_size(size_hw), _check_size(clip_size_hw)
+    seed = _check_seed(seed)
+    if n_per_set < 1 or n_clips < 0 or n_frames < 1:
+        raise MofmeError("need at least one image per set and one frame per clip")
+    protect = [Path(source_folder)] if source_folder is not None else []
+    _prepare_out(out, overwrite, ["images", "video", "video_clean", "meta.json"], protect)
+    folder = str(source_folder) if source_folder is not None else None
+    if folder is not None:
+        sources = [Source(load_rgb(p)) for p in image_files(folder)]
+    else:
+        sources = make_pool("heldout")
+    root = out / "images"
+    jobs: list[_ImageJob] = []
+    sets = [(CLEAN, "none")] + [(t, sev) for t in ALL_TYPES for sev in SEVERITIES]
+    for k, (weather, sev) in enumerate(sets):
+        name = "test_clean" if weather == CLEAN else f"test_{weather}_{sev}"
+        for i in range(n_per_set):
+            jobs.append(
+                _ImageJob(
+                    str(root), name, i, BENCH_STREAM + k, weather, f"{i:05d}.png",
+                    f"{i:05d}.png", seed, size_hw, None, sev if weather != CLEAN else "light",
+                    jitter=False, leaves_share=0.0,
+                )
+            )  # fmt: skip
+    start = time.perf_counter()
+    pool_kind = "heldout" if folder is None else "user"
+    records = _run_jobs(
+        _image_job, jobs, workers if folder is None else 1, sources, folder, "bench images",
+        progress, pool_kind=pool_kind,
+    )  # fmt: skip
+    vjobs = []
+    for i in range(n_clips):
+        sev = SEVERITIES[i % len(SEVERITIES)]
+        vjobs.append(
+            _VideoJob(
+                str(out / "video"), "test", i, f"{i:04d}", n_frames, seed, clip_size_hw, None,
+                severity=sev, jitter=False, leaves_share=0.0, stream=BENCH_STREAM + 50,
+            )
+        )  # fmt: skip
+        vjobs.append(
+            _VideoJob(
+                str(out / "video_clean"), "test", i, f"{i:04d}", n_frames, seed, clip_size_hw,
+                None, identity=True, jitter=False, leaves_share=0.0, stream=BENCH_STREAM + 51,
+            )
+        )  # fmt: skip
+    vrecords = _run_jobs(
+        _video_job, vjobs, workers if folder is None else 1, sources, folder, "bench clips",
+        progress, weight=lambda j: j.n_frames, pool_kind=pool_kind,
+    )  # fmt: skip
+    meta: dict[str, Any] = {
+        "kind": "benchmark",
+        "seed": seed,
+        "size_hw": list(size_hw),
+        "clip_size_hw": list(clip_size_hw),
+        "photos": [str(p) for p in image_files(folder)] if folder else list(HELD_OUT_PHOTOS),
+        "sets": [f"test_{t}_{s}" if t != CLEAN else "test_clean" for t, s in sets],
+        "seconds": round(time.perf_counter() - start, 2),
+        "files": records,
+        "videos": vrecords,
     }
     _write_text(out / "meta.json", json.dumps(meta, indent=1))
     return meta

@@ -31,8 +31,9 @@ The models, each a simplified version of how the public datasets were made:
 The depth map used by fog and haze is a vertical gradient (the top of the frame is farther) with
 a random horizon height plus smooth noise, values in (0, 1].
 
-``PSNR_BANDS`` holds the measured PSNR range per type and severity; re-measure with
-``python -m mofme.data.weather`` (calls :func:`measure_bands`).
+The measured PSNR range per type and severity is in :mod:`mofme.data.calibration`
+(``python -m mofme.data.calibration``). Reading clips from video files is
+:func:`mofme.data.synth.video_clip` (through :mod:`mofme.inference.videoio`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -655,6 +655,44 @@ WEATHER_TYPES: dict[str, WeatherFn] = {
     "haze": haze,
 }
 
+COMPOSITES: dict[str, tuple[str, ...]] = {
+    "snow_haze": ("haze", "snow"),  # flakes in front of the haze
+    "rain_drops": ("rain", "raindrop"),  # streaks in the scene, drops on the lens
+    "rain_haze": ("haze", "rain"),
+}
+"""Composite weather: generators applied in order (farthest first)."""
+
+ALL_TYPES: tuple[str, ...] = (*WEATHER_TYPES, *COMPOSITES)
+CLEAN = "clean"
+"""The identity "weather": the input is the clean photo itself."""
+
+
+def apply_weather(
+    name: str,
+    clean: np.ndarray,
+    rng: np.random.Generator,
+    severity: str = "medium",
+    strength: float = 1.0,
+) -> np.ndarray:
+    """Any single, composite or ``"clean"`` weather, optionally weakened.
+
+    ``strength`` in [0, 1] blends the degradation toward the clean image
+    (``clean + s·(weathered − clean)``): with ``"light"`` severity, small strengths give
+    degradations that are barely visible. ``(H, W, 3)`` float32 -> same.
+    """
+    img = _check_image(clean)
+    if name == CLEAN:
+        return img.copy()
+    if name not in WEATHER_TYPES and name not in COMPOSITES:
+        raise MofmeError(f"unknown weather {name!r}; choose one of {', '.join(ALL_TYPES)}")
+    out = img
+    for part in COMPOSITES.get(name, (name,)):
+        out = WEATHER_TYPES[part](out, rng, severity)
+    if strength < 1.0:
+        out = img + float(strength) * (out - img)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # Snowy video
 # --------------------------------------------------------------------------------------------
@@ -915,141 +953,3 @@ def fit_to_size(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     pil = Image.fromarray(_to_uint8(img)).convert("RGB")
     out = pil.resize((w, h), Image.LANCZOS, box=(x0, y0, x0 + cw, y0 + ch))
     return np.asarray(out, dtype=np.float32) / 255.0
-
-
-def video_frames(
-    path: str | Path, n_frames: int, size_hw: tuple[int, int], start: int = 0
-) -> list[np.ndarray]:
-    """Read up to ``n_frames`` consecutive frames of a video file with PyAV.
-
-    Frames from index ``start`` on are centre-cropped to the aspect of ``size_hw`` and resized;
-    returns float32 ``(h, w, 3)`` frames in [0, 1] (fewer than ``n_frames`` when the video is
-    shorter). Raises :class:`MofmeError` naming the file when it cannot be decoded or holds no
-    frame at or after ``start``.
-    """
-    import av  # only needed here; keeps ``import mofme.data.weather`` light
-
-    path = Path(path)
-    frames: list[np.ndarray] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MofmeError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            for i, frame in enumerate(container.decode(stream)):
-                if i < start:
-                    continue
-                frames.append(fit_to_size(frame.to_ndarray(format="rgb24"), size_hw))
-                if len(frames) >= n_frames:
-                    break
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise MofmeError(f"cannot read video {path}: {exc}") from exc
-    if not frames:
-        raise MofmeError(f"video {path} has no frames (from frame {start} on)")
-    return frames
-
-
-def video_length(path: str | Path) -> int:
-    """Number of frames the container declares for the first video stream (0 if unknown)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MofmeError(f"{path} has no video stream")
-            return int(container.streams.video[0].frames or 0)
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise MofmeError(f"cannot read video {path}: {exc}") from exc
-
-
-# --------------------------------------------------------------------------------------------
-# Calibration
-# --------------------------------------------------------------------------------------------
-
-# Measured PSNR (dB) of degraded vs clean over 200 random 256 x 256 views of the bundled photos
-# (``measure_bands(n=200, seed=0)``): (min − 0.5, max + 0.5) rounded outwards to 0.5 dB.
-# Means: rain 29.0 / 22.9 / 16.9, rain_fog 26.8 / 20.4 / 15.3, raindrop 26.7 / 21.7 / 17.6,
-# snow 27.9 / 21.4 / 15.8, haze 25.1 / 20.0 / 14.9 (light / medium / heavy). Raindrop and haze
-# spread widest: drops over flat areas barely show, and haze depends on how far the scene's
-# colours are from the airlight. Re-measure with ``python -m mofme.data.weather -n 200``.
-PSNR_BANDS: dict[str, dict[str, tuple[float, float]]] = {
-    "rain": {"light": (25.0, 32.5), "medium": (20.0, 26.0), "heavy": (14.0, 20.0)},
-    "rain_fog": {"light": (23.0, 31.5), "medium": (17.5, 25.0), "heavy": (11.5, 19.0)},
-    "raindrop": {"light": (19.5, 39.0), "medium": (14.0, 33.5), "heavy": (11.0, 28.5)},
-    "snow": {"light": (24.0, 31.0), "medium": (18.5, 24.5), "heavy": (12.5, 19.5)},
-    "haze": {"light": (19.0, 32.0), "medium": (14.0, 27.5), "heavy": (10.0, 20.5)},
-}
-
-
-def band_sample(index: int, seed: int = 0, size_hw: tuple[int, int] = (256, 256)) -> np.ndarray:
-    """The ``index``-th calibration view ``(h, w, 3)``: a random crop of a bundled photo drawn
-    from ``seed``. The weather for it uses ``default_rng([seed, 8, index, type_i, severity_i])``
-    (indices into :data:`WEATHER_TYPES` and :data:`SEVERITIES`)."""
-    from mofme.data.synth import clean_sources, random_view
-
-    sources = clean_sources()
-    rng = np.random.default_rng([seed, 7, index])
-    return random_view(sources[int(rng.integers(len(sources)))], size_hw, rng)
-
-
-def measure_bands(
-    n: int = 30, seed: int = 0, size_hw: tuple[int, int] = (256, 256)
-) -> dict[str, dict[str, dict[str, float]]]:
-    """PSNR and SSIM of degraded vs clean per type and severity over ``n`` random views.
-
-    Returns ``{type: {severity: {"psnr_mean", "psnr_min", "psnr_max", "ssim_mean",
-    "ssim_min", "ssim_max"}}}``. Every (type, severity) pair sees the same clean views.
-    """
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    psnr: dict[tuple[str, str], list[float]] = {}
-    ssim: dict[tuple[str, str], list[float]] = {}
-    for i in range(n):
-        clean = band_sample(i, seed, size_hw)
-        for ti, (name, fn) in enumerate(WEATHER_TYPES.items()):
-            for si, sev in enumerate(SEVERITIES):
-                out = fn(clean, np.random.default_rng([seed, 8, i, ti, si]), sev)
-                psnr.setdefault((name, sev), []).append(
-                    peak_signal_noise_ratio(clean, out, data_range=1.0)
-                )
-                ssim.setdefault((name, sev), []).append(
-                    structural_similarity(clean, out, channel_axis=2, data_range=1.0)
-                )
-    result: dict[str, dict[str, dict[str, float]]] = {}
-    for (name, sev), values in psnr.items():
-        p, s = np.asarray(values), np.asarray(ssim[(name, sev)])
-        result.setdefault(name, {})[sev] = {
-            "psnr_mean": float(p.mean()),
-            "psnr_min": float(p.min()),
-            "psnr_max": float(p.max()),
-            "ssim_mean": float(s.mean()),
-            "ssim_min": float(s.min()),
-            "ssim_max": float(s.max()),
-        }
-    return result
-
-
-def format_bands(bands: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A plain-text table of :func:`measure_bands` output."""
-    lines = [
-        f"{'type':<10}{'severity':<9}{'PSNR mean':>10}{'min':>8}{'max':>8}"
-        f"{'SSIM mean':>11}{'min':>7}{'max':>7}"
-    ]
-    for name, per_sev in bands.items():
-        for sev, m in per_sev.items():
-            lines.append(
-                f"{name:<10}{sev:<9}{m['psnr_mean']:>10.2f}{m['psnr_min']:>8.2f}"
-                f"{m['psnr_max']:>8.2f}{m['ssim_mean']:>11.3f}{m['ssim_min']:>7.3f}"
-                f"{m['ssim_max']:>7.3f}"
-            )
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Measure PSNR/SSIM of the weather generators.")
-    parser.add_argument("-n", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(format_bands(measure_bands(args.n, args.seed)))

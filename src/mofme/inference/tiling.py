@@ -18,9 +18,11 @@ baseline the fast paths are measured against.
 
 from __future__ import annotations
 
+import gc
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -104,6 +106,7 @@ def restore_image(
     batch_tiles: int = 8,
     amp: str = "none",
     channels_last: bool = False,
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Restore images ``(B, C_in, H, W)`` in [0, 1] -> ``(B, 3, H, W)`` float32 in [0, 1].
 
@@ -118,6 +121,8 @@ def restore_image(
         amp: ``"none"`` (fp32) or ``"bf16"`` (autocast; the router stays fp32).
         channels_last: run convolutions in channels-last layout; the model's weights are
             converted in place (once) so that layouts match.
+        on_tiles: called as ``on_tiles(done, total)`` after each batch of tiles (tiled runs
+            only), for a progress bar on large images.
 
     The result is on the model's device.
     """
@@ -150,7 +155,61 @@ def restore_image(
                 wt = (wy[y0][:, None] * wx[x0][None, :]).to(device)
                 out[:, :, y0 : y0 + th, x0 : x0 + tw] += pred[j * b : (j + 1) * b] * wt
                 weight_sum[:, :, y0 : y0 + th, x0 : x0 + tw] += wt
+            if on_tiles is not None:
+                on_tiles(i + len(chunk), len(boxes))
         return out / weight_sum
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA or CPU out-of-memory: the CPU allocator raises a plain ``RuntimeError``
+    (``DefaultCPUAllocator: can't allocate memory``), CUDA ``torch.OutOfMemoryError``."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate" in text)
+
+
+def smaller_tiles(tile: int | None, h: int, w: int, smallest: int = 64) -> list[int]:
+    """Tile sizes to retry with after running out of memory with ``tile`` (None: whole image),
+    halving each time (multiples of 8, the patch size) down to ``smallest``."""
+    size = tile if tile else max(h, w)
+    sizes = []
+    size = min(size // 2, 512) // 8 * 8
+    while size >= smallest:
+        sizes.append(size)
+        size = size // 2 // 8 * 8
+    return sizes
+
+
+def restore_image_retrying(
+    model: nn.Module,
+    x: Tensor,
+    tile: int | None = None,
+    overlap: int = 32,
+    on_retry: Callable[[int], None] | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """``restore_image``, retried with smaller tiles (see ``smaller_tiles``) when it runs out of
+    memory; ``on_retry(new_tile)`` is called before each retry. The last out-of-memory
+    error is raised when even the smallest tiles do not fit (``is_out_of_memory`` tells it)."""
+    h, w = x.shape[-2:]
+    sizes = [tile, *smaller_tiles(tile, h, w)]
+    for i, size in enumerate(sizes):
+        # Small tiles keep a proportionate overlap (it must stay below the tile size).
+        ov = overlap if size is None or overlap < size // 2 else size // 4
+        try:
+            return restore_image(model, x, tile=size, overlap=ov, **kwargs)
+        except RuntimeError as e:
+            if not is_out_of_memory(e) or i == len(sizes) - 1:
+                raise
+        # Outside the except block the failed attempt's traceback, and the tensors its frames
+        # hold, are gone; collect them before trying again.
+        gc.collect()
+        if model_device(model).type == "cuda":
+            torch.cuda.empty_cache()
+        if on_retry is not None:
+            on_retry(sizes[i + 1])  # type: ignore[arg-type]
+    raise AssertionError("unreachable")
 
 
 def official_boxes(h: int, w: int, crop: int = 240) -> list[tuple[int, int, int, int]]:

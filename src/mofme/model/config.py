@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ ROUTERS = ("linear", "uar")
 SELECTIONS = ("topk", "topp", "dense")
 EXPERT_IMPLS = ("sparse", "dense")
 UNPATCH_KINDS = ("linear", "overlap")
+UNPATCH_ORDERS = ("c p1 p2", "p1 p2 c")
+INPUT_RANGES = ("unit", "signed")
 
 
 @dataclass
@@ -103,6 +106,24 @@ class ModelConfig:
     # "overlap" (a transposed conv, kernel 2P stride P: every pixel blends the 4 nearest
     # tokens, which removes the grid on flat areas). The paper presets keep "linear".
     unpatch: str = "linear"
+    # -- options that reproduce the official MoFME code exactly (the ``official`` preset) -----
+    # Router slot 0 is the parameter-free GELU(y) of the shared base output instead of a FiLM
+    # expert (the official forward reads ``ff_list[idx + 2]`` with ``ff_list = [LayerNorm,
+    # basenet, GELU, expert_0, ...]``); slots 1..E-1 are FiLM experts, so E-1 exist.
+    gelu_expert: bool = False
+    # Feature order of the linear unpatch's output rows: "c p1 p2" (ours, pixel_shuffle's
+    # order) or "p1 p2 c" (the official einops rearrange). Same function class; the order only
+    # decides which row of the weight feeds which pixel, so converted weights map unchanged.
+    unpatch_order: str = "c p1 p2"
+    # What the first conv sees: "unit" = the [0, 1] input itself, "signed" = 2x - 1 (the
+    # official data pipeline normalises to [-1, 1]). Inputs and outputs stay in [0, 1] either
+    # way; folding 2x - 1 into the first conv is not exact at the zero-padded borders.
+    input_range: str = "unit"
+    attn_dropout: float = 0.0  # dropout after the attention output projection (official 0.1)
+    ffn_out_dropout: float = 0.0  # dropout after the adaptor's last Linear (official 0.1)
+    # Top-k keeps every expert whose logit ties with the k-th (the official KeepTopK masks
+    # ``logit < k-th``), so a token may use more than k experts on exact ties.
+    topk_ties: bool = False
     routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     def validate(self) -> None:
@@ -114,6 +135,16 @@ class ModelConfig:
             raise MofmeError(f"unknown unpatch {self.unpatch!r}; use one of {UNPATCH_KINDS}")
         if self.unpatch == "overlap" and self.patch % 2:
             raise MofmeError(f"unpatch 'overlap' needs an even patch size, got {self.patch}")
+        if self.unpatch_order not in UNPATCH_ORDERS:
+            raise MofmeError(
+                f"unknown unpatch_order {self.unpatch_order!r}; use one of {UNPATCH_ORDERS}"
+            )
+        if self.input_range not in INPUT_RANGES:
+            raise MofmeError(f"unknown input_range {self.input_range!r}; use one of {INPUT_RANGES}")
+        if self.gelu_expert and self.num_experts < 2:
+            raise MofmeError(
+                "gelu_expert needs num_experts >= 2 (slot 0 + at least one FiLM expert)"
+            )
         for name in (
             "in_channels",
             "out_channels",
@@ -132,6 +163,11 @@ class ModelConfig:
                 raise MofmeError(f"model config: {name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.uar_dropout < 1.0:
             raise MofmeError(f"model config: uar_dropout must be in [0, 1), got {self.uar_dropout}")
+        for name in ("dropout", "attn_dropout", "ffn_out_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise MofmeError(
+                    f"model config: {name} must be in [0, 1), got {getattr(self, name)}"
+                )
         self.routing.check(self.num_experts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,18 +178,33 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        # Typed like a training config (checkpoint metadata is user input too: a config with
+        # ``"global_residual": "yes"`` or ``"dim": "64"`` must be refused, not half-built).
+        from mofme.config import coerce
+
+        if not isinstance(d, dict):
+            raise MofmeError(f"model config must be a mapping, got {type(d).__name__}")
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise MofmeError(f"unknown model config keys: {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
         routing = d.pop("routing", {})
+        d = {k: coerce(v, hints[k], f"model config {k}") for k, v in d.items()}
         if isinstance(routing, dict):
             r_known = {f.name for f in dataclasses.fields(RoutingConfig)}
             r_unknown = sorted(set(routing) - r_known)
             if r_unknown:
                 raise MofmeError(f"unknown routing config keys: {', '.join(r_unknown)}")
-            routing = RoutingConfig(**routing)
+            r_hints = typing.get_type_hints(RoutingConfig)
+            routing = RoutingConfig(
+                **{k: coerce(v, r_hints[k], f"routing config {k}") for k, v in routing.items()}
+            )
+        elif isinstance(routing, str):
+            routing = parse_routing(routing)  # the command-line spelling, e.g. "topk:4"
+        elif not isinstance(routing, RoutingConfig):
+            raise MofmeError(f"routing config must be a mapping, got {routing!r}")
         cfg = cls(**d, routing=routing)
         cfg.validate()
         return cfg
@@ -166,6 +217,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(dim=192, depth=2, num_experts=16, patch=8, routing=dict(selection="topk", k=4)),
     # Tests and the bundled demo weights.
     "tiny": dict(dim=64, depth=2, num_experts=8, patch=8, routing=dict(selection="topk", k=2)),
+    # The network of the official code (RoyZry98/MoFME-Pytorch, ``--gate film --num-expert 16
+    # --top-k 4``) exactly: GELU router slot 0 + 15 FiLM experts, (p1 p2 c) unpatch, 2x - 1
+    # inputs, its dropouts, top-k with ties. ``mofme convert`` loads its checkpoints into it.
+    "official": dict(
+        dim=384,
+        depth=2,
+        num_experts=16,
+        patch=8,
+        gelu_expert=True,
+        unpatch_order="p1 p2 c",
+        input_range="signed",
+        dropout=0.1,
+        attn_dropout=0.1,
+        ffn_out_dropout=0.1,
+        topk_ties=True,
+        routing=dict(selection="topk", k=4),
+    ),
 }
 
 

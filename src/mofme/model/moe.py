@@ -35,8 +35,15 @@ from mofme.model.config import ModelConfig, RoutingConfig
 # Selection: logits (N, E) -> sparse weights (N, E) with exact zeros
 
 
-def select_topk(logits: Tensor, k: int) -> Tensor:
-    """Keep the k largest logits per token, softmax over them; others exactly 0. ``(N, E)``."""
+def select_topk(logits: Tensor, k: int, ties: bool = False) -> Tensor:
+    """Keep the k largest logits per token, softmax over them; others exactly 0. ``(N, E)``.
+
+    ``ties=True`` keeps every logit equal to the k-th as well (the official ``KeepTopK``:
+    logits below the k-th are set to -inf before the softmax), so a token can use more than k.
+    """
+    if ties:
+        kth = logits.topk(k, dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, float("-inf")).softmax(dim=-1)
     vals, idx = logits.topk(k, dim=-1)
     return torch.zeros_like(logits).scatter_(-1, idx, vals.softmax(dim=-1))
 
@@ -65,10 +72,10 @@ def select_topp(logits: Tensor, p: float, k_min: int = 1, k_max: int | None = No
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
-def select(logits: Tensor, routing: RoutingConfig) -> Tensor:
-    """Apply a ``RoutingConfig`` to router logits ``(N, E)``."""
+def select(logits: Tensor, routing: RoutingConfig, topk_ties: bool = False) -> Tensor:
+    """Apply a ``RoutingConfig`` to router logits ``(N, E)`` (``topk_ties``: see ``select_topk``)."""
     if routing.selection == "topk":
-        return select_topk(logits, routing.k)
+        return select_topk(logits, routing.k, ties=topk_ties)
     if routing.selection == "topp":
         return select_topp(logits, routing.p, routing.k_min, routing.k_max)
     return logits.softmax(dim=-1)
@@ -125,21 +132,35 @@ class UncertaintyRouter(nn.Module):
 
 
 class ModulationExperts(nn.Module):
-    """E experts ``γ_i(y) ⊙ y + β_i(y)`` with γ and β fused into one ``(2D, D)`` matrix each."""
+    """E expert slots; a FiLM expert is ``γ_i(y) ⊙ y + β_i(y)`` with γ and β fused into one
+    ``(2D, D)`` matrix each.
 
-    def __init__(self, dim: int, num_experts: int) -> None:
+    ``gelu_slot=True`` (the official network): slot 0 is the parameter-free ``GELU(y)`` and
+    slots 1..E-1 are FiLM experts, so ``weight`` holds E-1 experts; slot ``i`` uses
+    ``weight[i - 1]``. Otherwise every slot is a FiLM expert and slot ``i`` uses ``weight[i]``.
+    """
+
+    def __init__(self, dim: int, num_experts: int, gelu_slot: bool = False) -> None:
         super().__init__()
         self.dim = dim
-        self.num_experts = num_experts
-        self.weight = nn.Parameter(torch.empty(num_experts, 2 * dim, dim))
-        self.bias = nn.Parameter(torch.empty(num_experts, 2 * dim))
+        self.num_experts = num_experts  # router slots
+        self.gelu_slot = gelu_slot
+        self.num_film = num_experts - int(gelu_slot)  # FiLM experts with parameters
+        self.weight = nn.Parameter(torch.empty(self.num_film, 2 * dim, dim))
+        self.bias = nn.Parameter(torch.empty(self.num_film, 2 * dim))
         bound = 1.0 / math.sqrt(dim)  # nn.Linear's default init, per expert
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
     def expert(self, i: int, y: Tensor) -> Tensor:
-        """Output of expert ``i`` on tokens ``y`` ``(n, D) -> (n, D)``."""
-        gamma, beta = F.linear(y, self.weight[i], self.bias[i]).chunk(2, dim=-1)
+        """Output of expert slot ``i`` on tokens ``y`` ``(n, D) -> (n, D)``."""
+        if self.gelu_slot:
+            return F.gelu(y) if i == 0 else self.film(i - 1, y)
+        return self.film(i, y)
+
+    def film(self, j: int, y: Tensor) -> Tensor:
+        """FiLM expert ``j`` (``weight[j]``): ``γ_j(y) ⊙ y + β_j(y)``, ``(n, D) -> (n, D)``."""
+        gamma, beta = F.linear(y, self.weight[j], self.bias[j]).chunk(2, dim=-1)
         return gamma * y + beta
 
     def forward(self, y: Tensor, weights: Tensor, impl: str = "sparse") -> Tensor:
@@ -185,13 +206,18 @@ class FMELayer(nn.Module):
             )
         else:
             self.router = LinearRouter(dim, e)
-        self.experts = ModulationExperts(dim, e)
-        self.ffn = nn.Sequential(
+        self.experts = ModulationExperts(dim, e, gelu_slot=cfg.gelu_expert)
+        ffn: list[nn.Module] = [
             nn.Linear(dim, cfg.ffn_mult * dim),
             nn.GELU(),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.ffn_mult * dim, dim),
-        )
+        ]
+        if cfg.ffn_out_dropout > 0:
+            # Appended only when used, so the default module tree (and RNG use) is unchanged.
+            ffn.append(nn.Dropout(cfg.ffn_out_dropout))
+        self.ffn = nn.Sequential(*ffn)
+        self.topk_ties = cfg.topk_ties
         self.routing = cfg.routing
         self.expert_impl = cfg.expert_impl
         self.balance_loss = "switch"  # switch | cv2, used only when the trainer asks for it
@@ -207,7 +233,7 @@ class FMELayer(nn.Module):
         y = F.gelu(self.base_gate(y)) * self.base_value(y)
         with torch.autocast(device_type=x.device.type, enabled=False):
             logits = self.router(flat)  # fp32: low precision here changes which experts win
-            weights = select(logits, self.routing)
+            weights = select(logits, self.routing, self.topk_ties)
         m = self.experts(y, weights, impl=self.expert_impl)
         self.last_weights = weights.detach().reshape(b, n, -1)
         self.last_probs = logits.softmax(-1).reshape(b, n, -1) if self.training else None

@@ -50,14 +50,20 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
+    """``x + MHSA(LN(x))`` (dropout ``attn_dropout`` on the attention output), then ``+ FME``."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
         self.attn = Attention(cfg.dim, cfg.heads, cfg.head_dim)
+        self.attn_dropout = cfg.attn_dropout
         self.fme = FMELayer(cfg)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm(x))
+        a = self.attn(self.norm(x))
+        if self.attn_dropout > 0:  # skipped at 0 so default models draw no random numbers
+            a = F.dropout(a, self.attn_dropout, self.training)
+        x = x + a
         return x + self.fme(x)
 
 
@@ -76,7 +82,9 @@ class MoFMENet(nn.Module):
         u = cfg.unpatch_channels
         if cfg.unpatch == "overlap":
             p = cfg.patch
-            self.unpatch: nn.Module = nn.ConvTranspose2d(cfg.dim, u, 2 * p, stride=p, padding=p // 2)
+            self.unpatch: nn.Module = nn.ConvTranspose2d(
+                cfg.dim, u, 2 * p, stride=p, padding=p // 2
+            )
         else:
             self.unpatch = nn.Linear(cfg.dim, cfg.patch * cfg.patch * u)
         self.tail = nn.Sequential(
@@ -160,7 +168,9 @@ class MoFMENet(nn.Module):
             x_in = F.pad(x, (0, pw, 0, ph), mode=mode)
         else:
             x_in = x
-        feat = self.head(x_in)
+        # "signed": the official pipeline feeds 2x - 1; applied after the padding (which
+        # commutes with it) so the zero padding of the first conv sees what the official sees.
+        feat = self.head(x_in * 2.0 - 1.0 if self.cfg.input_range == "signed" else x_in)
         tok = self.embed(feat)  # (B, D, h', w')
         gh, gw = tok.shape[-2:]
         tok = self.embed_norm(tok.flatten(2).transpose(1, 2))  # (B, N, D)
@@ -172,6 +182,9 @@ class MoFMENet(nn.Module):
         if self.cfg.unpatch == "overlap":
             grid = tok.transpose(1, 2).reshape(b, -1, gh, gw)  # (B, D, h', w')
             img = self.unpatch(grid)  # (B, 128, H', W'), each pixel from the 4 nearest tokens
+        elif self.cfg.unpatch_order == "p1 p2 c":  # official: rows ordered (p1 p2 c)
+            up = self.unpatch(tok).view(b, gh, gw, p, p, u)  # (B, h', w', P, P, 128)
+            img = up.permute(0, 5, 1, 3, 2, 4).reshape(b, u, gh * p, gw * p)
         else:
             up = self.unpatch(tok).view(b, gh, gw, u, p, p)  # (B, h', w', 128, P, P)
             img = up.permute(0, 3, 1, 4, 2, 5).reshape(b, u, gh * p, gw * p)

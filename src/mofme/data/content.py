@@ -1,0 +1,230 @@
+"""Clean content for synthetic training and benchmark data, split into train and held-out pools.
+
+Nothing here downloads anything: every photo ships inside an installed package.
+
+* **Held-out photos** (:data:`HELD_OUT_PHOTOS`): scikit-image's astronaut, chelsea, coffee,
+  rocket and motorcycle. The demo and the benchmark (``mofme synth bench``) use only these; the
+  bundled weights never trained on them.
+* **Train photos** (:data:`TRAIN_PHOTOS`): every other colour photo scikit-image and matplotlib
+  ship (Hubble deep field, IHC stain, retina, Grace Hopper, a product photo) plus the grey
+  photos and textures (camera, coins, moon, brick, grass, gravel) given a random colour cast
+  per view, so they add texture statistics without a grey bias.
+* **Dead leaves** (:func:`dead_leaves`): a procedural model of natural images — occluding
+  shapes with power-law sizes, colours drawn from photo pixels, per-shape gradients and 1/f
+  texture, flat sky regions, and a random defocus. Such images have the scale invariance and
+  edge statistics of photos and are known to train restoration networks that generalise
+  (Achddou et al., 2021); an unlimited supply also keeps a small model from memorising a
+  handful of photos.
+
+A user's own photos (``--source DIR``) join the train pool.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+HELD_OUT_PHOTOS: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
+"""scikit-image colour photos kept out of every training set (demo and benchmark only)."""
+
+TRAIN_PHOTOS: tuple[str, ...] = (
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "grace_hopper",
+    "present_pack",
+    "camera",
+    "coins",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
+)
+"""Photos and textures from installed packages used for training (grey ones get a colour cast)."""
+
+GREY_PHOTOS = frozenset({"camera", "coins", "moon", "brick", "grass", "gravel"})
+
+LEAVES_SHARE = 0.6
+"""Share of training views drawn from :func:`dead_leaves` (the rest from photos)."""
+
+
+def _matplotlib_sample(name: str) -> np.ndarray:
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "sample_data" / name
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _loaders() -> dict[str, Callable[[], np.ndarray]]:
+    import skimage.data as skd
+
+    return {
+        "astronaut": skd.astronaut,
+        "chelsea": skd.chelsea,
+        "coffee": skd.coffee,
+        "rocket": skd.rocket,
+        "motorcycle": lambda: skd.stereo_motorcycle()[0],
+        "hubble_deep_field": skd.hubble_deep_field,
+        "immunohistochemistry": skd.immunohistochemistry,
+        "retina": skd.retina,
+        "grace_hopper": lambda: _matplotlib_sample("grace_hopper.jpg"),
+        "present_pack": lambda: _matplotlib_sample("Minduka_Present_Blue_Pack.png"),
+        "camera": skd.camera,
+        "coins": skd.coins,
+        "moon": skd.moon,
+        "brick": skd.brick,
+        "grass": skd.grass,
+        "gravel": skd.gravel,
+    }
+
+
+@functools.lru_cache(maxsize=32)
+def package_photo(name: str) -> np.ndarray:
+    """A photo shipped in an installed package as read-only ``(H, W, 3)`` uint8 (grey -> 3 equal
+    channels). Longer side capped at 1024 so the pools stay small in memory."""
+    loaders = _loaders()
+    if name not in loaders:
+        raise KeyError(f"unknown package photo {name!r}")
+    arr = np.asarray(loaders[name]())
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    arr = np.ascontiguousarray(arr[..., :3], dtype=np.uint8)
+    if max(arr.shape[:2]) > 1024:
+        f = 1024 / max(arr.shape[:2])
+        size = (max(1, round(arr.shape[1] * f)), max(1, round(arr.shape[0] * f)))
+        arr = np.asarray(Image.fromarray(arr).resize(size, Image.LANCZOS))
+    arr.setflags(write=False)  # shared cache: nobody may alter it
+    return arr
+
+
+def colour_cast(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Give a grey float image ``(H, W, 3)`` a random smooth colour: a tint that varies from the
+    shadows to the highlights (a two-colour duotone), so grey textures look like coloured ones."""
+    grey = img.mean(axis=2, keepdims=True)
+    dark = rng.uniform(0.0, 0.35, 3).astype(np.float32)
+    light = rng.uniform(0.65, 1.0, 3).astype(np.float32)
+    return np.clip(dark + grey * (light - dark), 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Dead leaves
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _palette() -> np.ndarray:
+    """``(M, 3)`` float32 colours sampled from the train photos (natural colour statistics)."""
+    rng = np.random.default_rng(1234)
+    cols = []
+    for name in TRAIN_PHOTOS:
+        if name in GREY_PHOTOS:
+            continue
+        px = package_photo(name).reshape(-1, 3)
+        px = px[px.max(axis=1) > 20]  # drop the black backgrounds (Hubble, retina)
+        cols.append(px[rng.integers(0, len(px), 4000)])
+    return (np.concatenate(cols).astype(np.float32) / 255.0).copy()
+
+
+def _pink_noise(h: int, w: int, rng: np.random.Generator, slope: float) -> np.ndarray:
+    """Zero-mean, unit-std ``(h, w)`` noise with a ``1/f^slope`` amplitude spectrum."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    f = np.sqrt(fy * fy + fx * fx)
+    f[0, 0] = 1.0
+    spec = (rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape)) / f**slope
+    spec[0, 0] = 0.0
+    noise = np.fft.irfft2(spec, s=(h, w))
+    return (noise / (noise.std() + 1e-8)).astype(np.float32)
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < 0.5:
+        pal = _palette()
+        return pal[int(rng.integers(len(pal)))]
+    # Natural-looking HSV: mostly muted saturation, mid-to-bright values.
+    import colorsys
+
+    rgb = colorsys.hsv_to_rgb(rng.random(), rng.beta(1.2, 2.5), rng.beta(2.5, 1.5))
+    return np.asarray(rgb, dtype=np.float32)
+
+
+def dead_leaves(size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A procedural natural-looking image, float32 ``(H, W, 3)`` in [0, 1].
+
+    Shapes (ellipses, rectangles, polygons) with radii ``p(r) ∝ r^-3`` fall front to back
+    (painted back to front, so later shapes occlude earlier ones) until the canvas is covered.
+    Each shape has a colour from photo pixels, a linear shading gradient and a share of one of
+    a few 1/f texture fields (some shapes stay flat). Optionally a smooth sky gradient fills
+    the top, then a random Gaussian defocus and faint sensor noise.
+    """
+    from mofme.data.weather import gaussian_blur
+
+    h, w = size_hw
+    side = min(h, w)
+    r_min, r_max = max(1.5, side / 48), side * rng.uniform(0.25, 0.7)
+    n = int(rng.integers(200, 600))
+    u = rng.random(n)
+    # Inverse CDF of p(r) ∝ r^-3 on [r_min, r_max].
+    radii = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5
+    label = Image.new("I", (w, h), 0)
+    draw = ImageDraw.Draw(label)
+    # Random painting order: each shape is equally likely to lie in front of any other, which
+    # is the dead-leaves occlusion model (big shapes sometimes cover a field of small ones).
+    for idx in range(1, n + 1):
+        r = float(radii[idx - 1])
+        cx, cy = rng.uniform(-r, w + r), rng.uniform(-r, h + r)
+        kind = rng.random()
+        if kind < 0.6:  # ellipse, random aspect and angle
+            a, b = r, r * rng.uniform(0.3, 1.0)
+            t = rng.uniform(0, math.pi)
+            ang = np.linspace(0, 2 * math.pi, 24, endpoint=False)
+            xs = cx + a * np.cos(ang) * math.cos(t) - b * np.sin(ang) * math.sin(t)
+            ys = cy + a * np.cos(ang) * math.sin(t) + b * np.sin(ang) * math.cos(t)
+        elif kind < 0.85:  # rotated rectangle
+            a, b = r, r * rng.uniform(0.2, 1.0)
+            t = rng.uniform(0, math.pi)
+            corners = np.array([[-a, -b], [a, -b], [a, b], [-a, b]])
+            rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+            pts = corners @ rot.T
+            xs, ys = cx + pts[:, 0], cy + pts[:, 1]
+        else:  # irregular polygon
+            k = int(rng.integers(3, 8))
+            ang = np.sort(rng.uniform(0, 2 * math.pi, k))
+            rad = r * rng.uniform(0.5, 1.0, k)
+            xs, ys = cx + rad * np.cos(ang), cy + rad * np.sin(ang)
+        draw.polygon(list(zip(xs.tolist(), ys.tolist())), fill=idx)
+    ids = np.asarray(label, dtype=np.int64)  # (H, W), 0 = background
+
+    m = n + 1
+    base = np.stack([_random_colour(rng) for _ in range(m)])  # (M, 3)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = yy / side, xx / side
+    grad = rng.normal(0.0, 0.25, (m, 2)).astype(np.float32) * (rng.random((m, 1)) < 0.7)
+    textures = [_pink_noise(h, w, rng, rng.uniform(0.8, 1.6)) for _ in range(3)]
+    tex_id = rng.integers(0, 3, m)
+    tex_amp = rng.uniform(0.0, 0.12, m).astype(np.float32) * (rng.random(m) < 0.6)
+    tex = np.stack(textures)[tex_id[ids], np.arange(h)[:, None], np.arange(w)[None, :]]
+    shade = grad[ids, 0] * (yy - yy.mean()) + grad[ids, 1] * (xx - xx.mean())
+    img = base[ids] * (1.0 + shade + tex_amp[ids] * tex)[..., None]
+
+    if rng.random() < 0.35:  # a smooth sky over the top part: large flat areas
+        horizon = rng.uniform(0.2, 0.6) * h
+        top, bottom = _random_colour(rng), _random_colour(rng)
+        tt = (np.arange(h, dtype=np.float32) / max(horizon, 1.0))[:, None, None].clip(0, 1)
+        sky = top * (1 - tt) + bottom * tt
+        edge = horizon + _pink_noise(1, w, rng, 1.2)[0] * side * 0.04
+        mask = (np.arange(h)[:, None] < edge[None, :])[..., None]
+        img = np.where(mask, sky, img)
+
+    img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    sigma = float(rng.choice([0.0, 0.0, rng.uniform(0.3, 1.0), rng.uniform(1.0, 2.5)]))
+    if sigma > 0:
+        img = gaussian_blur(img, sigma)
+    img = img + rng.normal(0.0, rng.uniform(0.0, 0.008), img.shape).astype(np.float32)
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
