@@ -55,7 +55,9 @@ def choose_tile(model: torch.nn.Module, bench: Path, per_set: int) -> dict[str, 
             "images": len(pairs)}  # fmt: skip
 
 
-def held_out(model: torch.nn.Module, bench: Path, kind: str, tile: int) -> dict[str, Any]:
+def held_out(
+    model: torch.nn.Module, bench: Path, kind: str, tile: int, per_set: int | None = None
+) -> dict[str, Any]:
     if kind == "video":
         out = {}
         for sub in ("video", "video_clean"):
@@ -66,7 +68,7 @@ def held_out(model: torch.nn.Module, bench: Path, kind: str, tile: int) -> dict[
                         "psnr": round(res.average["psnr"], 2),
                         "ssim": round(res.average["ssim"], 4)}  # fmt: skip
         return out
-    pairs = find_pairs(bench / "images", "mofme", "test")
+    pairs = limit_per_group(find_pairs(bench / "images", "mofme", "test"), per_set)
     base = {r["name"]: r for r in evaluate_images(InputAsOutput(), pairs, progress=False).rows}
     res = evaluate_images(model, pairs, tile=tile or None, progress=False)
     gains: dict[str, list[float]] = {}
@@ -89,6 +91,9 @@ def main() -> None:
     ap.add_argument("--bench", type=Path, required=True, help="folder from `mofme synth bench`")
     ap.add_argument("--out", type=Path, required=True, help="bundled checkpoint to write")
     ap.add_argument("--per-set", type=int, default=3, help="images per set for the tile choice")
+    ap.add_argument(
+        "--held-out-per-set", type=int, default=None, help="images per set for the card's metrics"
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     model = load(args.run / "model_last.safetensors")
@@ -116,7 +121,7 @@ def main() -> None:
         "batch_size": cfg.get("train", {}).get("batch_size"),
         "train_seconds": seconds,
         "held_out_photos": "scikit-image astronaut, chelsea, coffee, rocket, motorcycle",
-        "held_out": held_out(model, args.bench, kind, inference["tile"]),
+        "held_out": held_out(model, args.bench, kind, inference["tile"], args.held_out_per_set),
         "inference": inference,
     }
     save(model, args.out, model.step, extra={**extra, "card": card})

@@ -126,3 +126,18 @@ def test_bench_shows_the_chosen_precision_rows(tmp_path, capsys):
     assert (
         rows["chosen"]["speedup_min"] <= rows["chosen"]["speedup"] <= rows["chosen"]["speedup_max"]
     )
+
+
+def test_int8_official_gelu_slot_matches_fp32():
+    # The official layout's slot 0 is GELU(y) with no weights: only the FiLM slots are packed.
+    torch.manual_seed(0)
+    model = MoFMENet.from_preset("official", dim=64, depth=1, num_experts=4, routing="topk:2")
+    model.eval()
+    x = torch.rand(1, 3, 32, 40)
+    with torch.inference_mode():
+        ref = model(x)
+        q = copy.deepcopy(model)
+        n = quantize_int8(q)
+        got = q(x)
+    assert n == 6 + 3 + int(isinstance(model.unpatch, nn.Linear))  # 3 FiLM experts of 4 slots
+    assert float(psnr(got, ref)) > 40.0

@@ -276,7 +276,9 @@ def test_resize_8bit_matches_pillow():
     np.testing.assert_array_equal(np.rint(resized * 255), expected)
     smooth = resize_rgb(data / 255.0, (36, 10), bit_depth=16)
     assert smooth.shape == (10, 36, 3) and smooth.min() >= 0 and smooth.max() <= 1
-    assert np.abs(smooth - resized).max() < 3 / 255
+    # Pillow's float (mode F) and 8-bit bicubic kernels differ in rounding and edge handling by
+    # up to ~2/255 on Pillow 13 and ~4.4/255 on Pillow 12 (which gradio pins): same filter.
+    assert np.abs(smooth - resized).max() < 6 / 255
 
 
 def test_natural_sort_and_listing(tmp_path):

@@ -250,11 +250,13 @@ def _int8_experts(experts: nn.Module) -> nn.Module:
         def __init__(self, src: ModulationExperts) -> None:
             nn.Module.__init__(self)  # no fresh fp32 weights: share the source's
             self.dim, self.num_experts = src.dim, src.num_experts
+            # The official layout's slot 0 is GELU(y), without weights: only FiLM slots pack.
+            self.gelu_slot, self.num_film = src.gelu_slot, src.num_film
             self.weight, self.bias = src.weight, src.bias
-            self._packed = [_prepack(src.weight[i], src.bias[i]) for i in range(src.num_experts)]
+            self._packed = [_prepack(src.weight[j], src.bias[j]) for j in range(src.num_film)]
 
-        def expert(self, i: int, y: Tensor) -> Tensor:
-            gamma, beta = _linear_int8(y, self._packed[i], 2 * self.dim).chunk(2, dim=-1)
+        def film(self, j: int, y: Tensor) -> Tensor:
+            gamma, beta = _linear_int8(y, self._packed[j], 2 * self.dim).chunk(2, dim=-1)
             return gamma * y + beta
 
     return Int8ModulationExperts(experts)  # type: ignore[arg-type]
@@ -285,5 +287,5 @@ def quantize_int8(model: nn.Module) -> int:
                 converted += 1
             elif type(child) is ModulationExperts:
                 setattr(parent, name, _int8_experts(child))
-                converted += child.num_experts
+                converted += child.num_film
     return converted
