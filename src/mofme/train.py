@@ -65,6 +65,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from mofme import checkpoint
 from mofme.config import coerce, load_yaml, to_dict
 from mofme.errors import MofmeError
+from mofme.inference.distributed import Ranks as _Dist
 from mofme.model.config import PRESETS, ModelConfig, RoutingConfig, get_preset, parse_routing
 from mofme.model.net import MoFMENet
 from mofme.runlock import RunLock
@@ -640,20 +641,8 @@ def model_input(
 # ============================================================================= distributed
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    created_group: bool = False
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+# `_Dist` is inference's `Ranks` record (imported at the top); training adds the process-group
+# setup below.
 
 
 def _setup_distributed(device_name: str) -> tuple[_Dist, torch.device]:
