@@ -158,11 +158,14 @@ def load_state(model: MoFMENet, path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _load_tensors(model: MoFMENet, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    bad_shape = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+def _check_layout(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], path: Path, side: str
+) -> None:
+    """Tensor names and shapes of a file (``found``) against what the model needs; one line
+    naming the first missing, unexpected and mis-shaped tensor. ``side``: "model" or "config"."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    bad_shape = [k for k in expected if k in found and found[k] != expected[k]]
     if missing or unexpected or bad_shape:
         parts = []
         if missing:
@@ -171,10 +174,13 @@ def _load_tensors(model: MoFMENet, tensors: dict[str, torch.Tensor], path: Path)
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
         if bad_shape:
             k = bad_shape[0]
-            parts.append(
-                f"shape mismatch for {k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-            )
+            parts.append(f"shape mismatch for {k}: file {found[k]} vs {side} {expected[k]}")
         raise MofmeError(f"checkpoint {path} does not match its model config: {'; '.join(parts)}")
+
+
+def _load_tensors(model: MoFMENet, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _check_layout(expected, {k: tuple(v.shape) for k, v in tensors.items()}, path, "model")
     model.load_state_dict(tensors, strict=True)
 
 
@@ -233,19 +239,7 @@ def check_config(cfg: ModelConfig, path: str | Path) -> None:
             f"checkpoint {path}: its config describes {n_params / 1e6:,.0f} M parameters, over "
             f"the model-size budget of {limit / 1e6:,.0f} M (raise it with {_MAX_PARAMS_ENV}=N)"
         )
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    bad = [k for k in expected if k in shapes and shapes[k] != expected[k]]
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
-        if bad:
-            k = bad[0]
-            parts.append(f"shape mismatch for {k}: file {shapes[k]} vs config {expected[k]}")
-        raise MofmeError(f"checkpoint {path} does not match its model config: {'; '.join(parts)}")
+    _check_layout(expected, shapes, path, "config")
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> MoFMENet:

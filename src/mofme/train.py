@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from mofme import checkpoint
 from mofme.config import coerce, load_yaml, to_dict
 from mofme.errors import MofmeError
-from mofme.inference.distributed import Ranks as _Dist
+from mofme.inference.distributed import Ranks as _Dist  # training and inference share ranks
 from mofme.model.config import PRESETS, ModelConfig, RoutingConfig, get_preset, parse_routing
 from mofme.model.net import MoFMENet
 from mofme.runlock import RunLock
@@ -641,27 +641,14 @@ def model_input(
 # ============================================================================= distributed
 
 
-# `_Dist` is inference's `Ranks` record (imported at the top); training adds the process-group
-# setup below.
 
 
 def _setup_distributed(device_name: str) -> tuple[_Dist, torch.device]:
+    """The ``torchrun`` process group and this rank's device (the same setup as inference)."""
     from mofme.device import resolve_device
+    from mofme.inference.distributed import init_ranks
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device_name)
-    if world <= 1:
-        return _Dist(), device
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        created = True
-    return _Dist(rank, world, local_rank, created), device
+    return init_ranks(resolve_device(device_name))
 
 
 # ================================================================================== trainer

@@ -45,6 +45,14 @@ def _common(p: argparse.ArgumentParser, default_size: str) -> None:
     add_progress_argument(p)
 
 
+def _identity_share(p: argparse.ArgumentParser, what: str) -> None:
+    # None = the writers' own default (mofme.data.synth.IDENTITY_SHARE, 12 %); not imported here
+    # so that --help stays fast.
+    p.add_argument(
+        "--identity-share", type=float, default=None, help=f"share of {what} (default 0.12)"
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``allweather`` and ``rvsd`` sub-commands on ``parser``."""
     sub = parser.add_subparsers(dest="kind", required=True, metavar="{allweather,rvsd,bench}")
@@ -59,12 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     aw.add_argument("--train", type=int, default=1000, help="train pairs (default 1000)")
     aw.add_argument("--test", type=int, default=100, help="pairs per test split (default 100)")
-    aw.add_argument(
-        "--identity-share",
-        type=float,
-        default=0.12,
-        help="share of identity (clean -> clean) train pairs (default 0.12)",
-    )
+    _identity_share(aw, "identity (clean -> clean) train pairs")
     _common(aw, DEFAULT_IMAGE_SIZE)
     rv = sub.add_parser(
         "rvsd",
@@ -86,12 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="clean video file(s) to use instead of camera moves over photos",
     )
-    rv.add_argument(
-        "--identity-share",
-        type=float,
-        default=0.12,
-        help="share of clean train clips (snow = clean) (default 0.12)",
-    )
+    _identity_share(rv, "clean train clips (snow = clean)")
     _common(rv, DEFAULT_VIDEO_SIZE)
     bn = sub.add_parser(
         "bench",
@@ -107,6 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bn.add_argument("--frames", type=int, default=12, help="frames per clip (default 12)")
     bn.add_argument("--clip-size", default="192x256", help="clip size HxW (default 192x256)")
     _common(bn, DEFAULT_IMAGE_SIZE)
+
+
+def _share(args: argparse.Namespace) -> dict[str, float]:
+    return {} if args.identity_share is None else {"identity_share": args.identity_share}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             progress=want_progress(args) and not args.quiet,
             overwrite=args.overwrite,
             workers=args.workers,
-            identity_share=args.identity_share,
+            **_share(args),
         )
         print(
             f"wrote {meta['n_train']} train pairs and 4 x {meta['n_test']} test pairs "
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             progress=want_progress(args) and not args.quiet,
             overwrite=args.overwrite,
             workers=args.workers,
-            identity_share=args.identity_share,
+            **_share(args),
         )
         print(
             f"wrote {meta['n_train']} train and {meta['n_test']} test videos of "

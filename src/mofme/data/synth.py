@@ -392,6 +392,16 @@ class _ImageJob:
     leaves_share: float = LEAVES_SHARE
 
 
+def _draw_severity(
+    rng: np.random.Generator, fixed: str | None, jitter: bool
+) -> tuple[str, float]:
+    """The item's severity (``fixed``, or the training mix) and blend strength: light training
+    items are weakened at random, down to barely visible; everything else is full strength."""
+    severity = str(rng.choice(SEVERITIES, p=SEVERITY_WEIGHTS)) if fixed is None else fixed
+    strength = float(rng.uniform(*LIGHT_STRENGTH)) if jitter and severity == "light" else 1.0
+    return severity, strength
+
+
 def _image_job(job: _ImageJob) -> dict[str, Any]:
     assert _SOURCES is not None
     rng = np.random.default_rng([job.seed, job.stream, job.index])
@@ -402,13 +412,7 @@ def _image_job(job: _ImageJob) -> dict[str, Any]:
     else:
         render_hw = (h, w)
     clean = training_view(_SOURCES, render_hw, rng, job.leaves_share)
-    if job.severity is None:
-        severity = str(rng.choice(SEVERITIES, p=SEVERITY_WEIGHTS))
-    else:
-        severity = job.severity
-    strength = 1.0
-    if job.jitter and severity == "light":
-        strength = float(rng.uniform(*LIGHT_STRENGTH))
+    severity, strength = _draw_severity(rng, job.severity, job.jitter)
     degraded = apply_weather(job.weather, clean, rng, severity, strength)
     clean8 = _resize_u8(_quantise(clean), job.size_hw)
     deg8 = _resize_u8(_quantise(degraded), job.size_hw)
@@ -631,11 +635,7 @@ def _video_job(job: _VideoJob) -> dict[str, Any]:
         photo = colour_cast(src.image.astype(np.float32) / 255.0, rng) if src.grey else src.image
         frames = camera_clip(photo, job.n_frames, job.size_hw, rng)
         source = {"photo": src_i}
-    if job.severity is not None:
-        severity = job.severity
-    else:
-        severity = str(rng.choice(SEVERITIES, p=SEVERITY_WEIGHTS))
-    strength = float(rng.uniform(*LIGHT_STRENGTH)) if job.jitter and severity == "light" else 1.0
+    severity, strength = _draw_severity(rng, job.severity, job.jitter)
     if job.identity:
         snowy, severity, strength = [np.array(f, dtype=np.float32) for f in frames], "none", 0.0
     else:
