@@ -21,7 +21,7 @@ from mofme.commands.common import (
     want_progress,
 )
 from mofme.commands.restore import add_max_pixels_option
-from mofme.data.datasets import default_test_lists, find_image_pairs  # noqa: F401 (re-exported)
+from mofme.data.datasets import find_image_pairs
 from mofme.errors import MofmeError
 
 HELP = "evaluate a checkpoint (PSNR/SSIM on RGB and Y, speed, active experts) on test data"

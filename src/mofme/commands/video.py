@@ -14,15 +14,14 @@ from mofme.commands.common import (
     resolve_device,
     want_progress,
 )
-from mofme.commands.restore import (
-    add_model_options,
-    add_speed_options,
+from mofme.commands.restore import add_model_options, add_speed_options
+from mofme.errors import MofmeError
+from mofme.inference.options import (
     batch_tiles_for,
     check_speed_options,
     prepare_model,
     tile_for,
 )
-from mofme.errors import MofmeError
 
 # Frame rates above this are typos (or inf), and would make the encoder's time base degenerate.
 MAX_FPS = 1000.0
