@@ -101,6 +101,31 @@ def test_bad_arguments_are_clear_errors(clean: np.ndarray) -> None:
         weather.haze((clean * 255).astype(np.uint8), np.random.default_rng(0))
 
 
+@pytest.mark.parametrize("name", ["rain", "raindrop", "snow"])
+def test_view_scales_particles_up_and_thins_them(name: str) -> None:
+    """view=v looks like a crop of a v-times larger frame: fewer, bigger particles. Measured
+    on a flat grey image: the weather mask's area per connected blob grows with view."""
+    flat = np.full((128, 128, 3), 0.3, np.float32)
+
+    def blob_area(view: float) -> float:
+        outs = [
+            weather.apply_weather(name, flat, np.random.default_rng([5, k]), "medium", view=view)
+            for k in range(4)
+        ]
+        mask = np.concatenate([np.abs(o - flat).max(-1) > 0.05 for o in outs])
+        from skimage.measure import label
+
+        n = label(mask).max()
+        return float(mask.sum()) / max(1, n)
+
+    assert blob_area(3.0) > 2.0 * blob_area(1.0)
+    same = weather.apply_weather(name, flat, np.random.default_rng(1), "medium")
+    one = weather.apply_weather(name, flat, np.random.default_rng(1), "medium", view=1.0)
+    assert np.array_equal(same, one)
+    with pytest.raises(MofmeError, match="view"):
+        weather.apply_weather(name, flat, np.random.default_rng(1), "medium", view=0.0)
+
+
 def test_psnr_within_measured_bands() -> None:
     """Fresh samples (seed 99, not the calibration seed) fall inside the measured bands."""
     for i in range(2):

@@ -74,7 +74,15 @@ LIGHT_STRENGTH = (0.1, 1.0)
 """Blend range of light training items toward the clean image (0.1 = barely visible)."""
 RENDER_SCALE = (0.75, 1.75)
 """Training views are rendered at this scale (log-uniform) and resized to the item size, so
-streaks, flakes and drops appear at many sizes relative to the image (resolution jitter)."""
+content detail appears at many sizes relative to the image (resolution jitter)."""
+VIEW_SCALE = (0.75, 3.5)
+"""Training weather is drawn at this particle scale (log-uniform; ``view`` of
+:func:`mofme.data.weather.apply_weather`): each item looks like a crop of a frame up to 3.5x
+larger, so streaks, flakes and drops reach the pixel sizes they have in full-size photos."""
+
+
+def _draw_view(rng: np.random.Generator) -> float:
+    return math.exp(rng.uniform(math.log(VIEW_SCALE[0]), math.log(VIEW_SCALE[1])))
 
 
 @dataclass(frozen=True)
@@ -388,7 +396,7 @@ class _ImageJob:
     size_hw: tuple[int, int]
     copy_to: str | None = None  # an extra folder receiving the pair as <index>.png in both
     severity: str | None = None  # None: random (training mix); else fixed (benchmark)
-    jitter: bool = True  # render-scale jitter and random weakening of light items
+    jitter: bool = True  # render-scale and particle-scale jitter, random weakening of light items
     leaves_share: float = LEAVES_SHARE
 
 
@@ -409,11 +417,12 @@ def _image_job(job: _ImageJob) -> dict[str, Any]:
     if job.jitter:
         u = math.exp(rng.uniform(math.log(RENDER_SCALE[0]), math.log(RENDER_SCALE[1])))
         render_hw = (max(16, round(h * u)), max(16, round(w * u)))
+        view = _draw_view(rng)
     else:
-        render_hw = (h, w)
+        render_hw, view = (h, w), 1.0
     clean = training_view(_SOURCES, render_hw, rng, job.leaves_share)
     severity, strength = _draw_severity(rng, job.severity, job.jitter)
-    degraded = apply_weather(job.weather, clean, rng, severity, strength)
+    degraded = apply_weather(job.weather, clean, rng, severity, strength, view)
     clean8 = _resize_u8(_quantise(clean), job.size_hw)
     deg8 = _resize_u8(_quantise(degraded), job.size_hw)
     if job.weather == CLEAN:
@@ -549,6 +558,8 @@ def write_allweather(
         "n_train": n_train,
         "n_test": n_test,
         "identity_share": identity_share,
+        "render_scale": list(RENDER_SCALE),
+        "view_scale": list(VIEW_SCALE),
         "content": {
             "leaves_share": LEAVES_SHARE,
             "photos": list(TRAIN_PHOTOS),
@@ -610,7 +621,7 @@ class _VideoJob:
     video_file: str | None
     identity: bool = False  # a clean clip: snow frames = clean frames
     severity: str | None = None  # None: random training mix; else fixed (benchmark)
-    jitter: bool = True  # light clips weakened at random
+    jitter: bool = True  # particle-scale jitter, light clips weakened at random
     leaves_share: float = LEAVES_SHARE
     stream: int | None = None  # default: RVSD_STREAMS[split]
 
@@ -639,7 +650,8 @@ def _video_job(job: _VideoJob) -> dict[str, Any]:
     if job.identity:
         snowy, severity, strength = [np.array(f, dtype=np.float32) for f in frames], "none", 0.0
     else:
-        snowy = snow_video(frames, rng, severity)
+        view = _draw_view(rng) if job.jitter else 1.0
+        snowy = snow_video(frames, rng, severity, view)
         if strength < 1.0:
             snowy = [c + strength * (s - c) for c, s in zip(frames, snowy)]
     root = Path(job.root) / job.split
@@ -729,6 +741,7 @@ def write_rvsd(
         "n_train": n_train,
         "n_test": split_test,
         "identity_share": identity_share,
+        "view_scale": list(VIEW_SCALE),
         "content": {"leaves_share": LEAVES_SHARE, "photos": list(TRAIN_PHOTOS)},
         "seed_streams": dict(RVSD_STREAMS),
         "item_rng": "numpy.random.default_rng([seed, stream, index])",

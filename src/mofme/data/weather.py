@@ -1,6 +1,7 @@
 """Synthetic weather on clean photos: rain, rain + fog, lens raindrops, snow, haze, snowy video.
 
-Every image generator has the signature ``fn(clean, rng, severity="medium") -> degraded`` where
+Every image generator has the signature ``fn(clean, rng, severity="medium", view=1.0) ->
+degraded`` where
 ``clean`` is a float32 ``(H, W, 3)`` array in [0, 1] (never modified), ``rng`` a
 ``numpy.random.Generator`` (the only source of randomness, so a seed reproduces an image
 exactly) and ``severity`` one of ``"light"``, ``"medium"``, ``"heavy"``. The output has the
@@ -8,7 +9,11 @@ shape of ``clean``, dtype float32, values in [0, 1].
 
 Sizes (streak lengths, flake and drop radii) are given for a 256-pixel image and scaled by
 ``min(H, W) / 256``; counts are given per 256 x 256 square, so the look of a weather type does
-not depend on the image size.
+not depend on the image size. ``view`` (default 1) treats the image as a crop of a ``view``
+times larger frame: particles ``view`` times bigger and ``view**2`` times fewer, as in a crop
+of a large photo. Training data draws it at random, so a model sees the same weather at many
+pixel sizes (a model trained on small crops otherwise misses the large flakes and drops of
+full-size photos).
 
 The models, each a simplified version of how the public datasets were made:
 
@@ -49,7 +54,7 @@ from mofme.errors import MofmeError
 
 SEVERITIES: tuple[str, ...] = ("light", "medium", "heavy")
 
-WeatherFn = Callable[[np.ndarray, np.random.Generator, str], np.ndarray]
+WeatherFn = Callable[[np.ndarray, np.random.Generator, str, float], np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,14 +80,20 @@ def _check_severity(severity: str) -> str:
     return severity
 
 
-def _scale(h: int, w: int) -> float:
-    """Pixel scale relative to a 256-pixel image."""
-    return min(h, w) / 256.0
+def _scale(h: int, w: int, view: float = 1.0) -> float:
+    """Pixel scale relative to a 256-pixel image (of a ``view`` times larger frame)."""
+    return view * min(h, w) / 256.0
 
 
-def _area_factor(h: int, w: int) -> float:
-    """How many "256-squares at the image's own scale" fit into the image (1 for square)."""
-    return (h * w) / float(min(h, w) ** 2)
+def _area_factor(h: int, w: int, view: float = 1.0) -> float:
+    """How many "256-squares at the frame's scale" fit into the image (1 for square, view 1)."""
+    return (h * w) / float(min(h, w) ** 2) / (view * view)
+
+
+def _check_view(view: float) -> float:
+    if not (math.isfinite(view) and view > 0):
+        raise MofmeError(f"weather view scale must be a positive number, got {view!r}")
+    return float(view)
 
 
 def _box_sizes(sigma: float, n: int = 3) -> list[int]:
@@ -281,13 +292,15 @@ RAIN_PARAMS: dict[str, RainParams] = {
 }  # fmt: skip
 
 
-def _rain_layers(h: int, w: int, rng: np.random.Generator, p: RainParams) -> list[np.ndarray]:
+def _rain_layers(
+    h: int, w: int, rng: np.random.Generator, p: RainParams, view: float = 1.0
+) -> list[np.ndarray]:
     """Render the streak layers, far to near, each an ``(H, W)`` opacity map in [0, 1]."""
-    s = _scale(h, w)
+    s = _scale(h, w, view)
     wind = math.radians(rng.uniform(-p.wind, p.wind))
     shares = np.arange(p.layers, 0, -1, dtype=np.float64)  # far layers hold more streaks
     shares /= shares.sum()
-    total = p.count * _area_factor(h, w)
+    total = p.count * _area_factor(h, w, view)
     layers = []
     for k in range(p.layers):
         f = k / (p.layers - 1) if p.layers > 1 else 1.0
@@ -339,12 +352,14 @@ def _combine(layers: Sequence[np.ndarray]) -> np.ndarray:
     return 1.0 - keep
 
 
-def rain(clean: np.ndarray, rng: np.random.Generator, severity: str = "medium") -> np.ndarray:
+def rain(
+    clean: np.ndarray, rng: np.random.Generator, severity: str = "medium", view: float = 1.0
+) -> np.ndarray:
     """Rain streaks (parameters: :data:`RAIN_PARAMS`). ``(H, W, 3)`` -> ``(H, W, 3)``."""
     img = _check_image(clean)
     p = RAIN_PARAMS[_check_severity(severity)]
     h, w = img.shape[:2]
-    alpha = _combine(_rain_layers(h, w, rng, p))
+    alpha = _combine(_rain_layers(h, w, rng, p, _check_view(view)))
     out = _screen(img, alpha, _streak_colour(rng))
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
@@ -375,7 +390,9 @@ RAIN_FOG_PARAMS: dict[str, tuple[RainParams, FogParams]] = {
 are a little weaker than in :data:`RAIN_PARAMS` at the heavy end."""
 
 
-def rain_fog(clean: np.ndarray, rng: np.random.Generator, severity: str = "medium") -> np.ndarray:
+def rain_fog(
+    clean: np.ndarray, rng: np.random.Generator, severity: str = "medium", view: float = 1.0
+) -> np.ndarray:
     """Rain streaks in fog like Outdoor-Rain (parameters: :data:`RAIN_FOG_PARAMS`).
 
     Far streak layers are attenuated by the fog together with the scene; the nearest layer is
@@ -384,7 +401,7 @@ def rain_fog(clean: np.ndarray, rng: np.random.Generator, severity: str = "mediu
     img = _check_image(clean)
     rp, fp = RAIN_FOG_PARAMS[_check_severity(severity)]
     h, w = img.shape[:2]
-    layers = _rain_layers(h, w, rng, rp)
+    layers = _rain_layers(h, w, rng, rp, _check_view(view))
     colour = _streak_colour(rng)
     out = img
     if len(layers) > 1:
@@ -427,7 +444,9 @@ RAINDROP_PARAMS: dict[str, RaindropParams] = {
 }
 
 
-def raindrop(clean: np.ndarray, rng: np.random.Generator, severity: str = "medium") -> np.ndarray:
+def raindrop(
+    clean: np.ndarray, rng: np.random.Generator, severity: str = "medium", view: float = 1.0
+) -> np.ndarray:
     """Raindrops on the lens or a window, like RainDrop (parameters: :data:`RAINDROP_PARAMS`).
 
     ``(H, W, 3)`` -> ``(H, W, 3)``; pixels away from drops are unchanged.
@@ -435,8 +454,9 @@ def raindrop(clean: np.ndarray, rng: np.random.Generator, severity: str = "mediu
     img = _check_image(clean)
     p = RAINDROP_PARAMS[_check_severity(severity)]
     h, w = img.shape[:2]
-    s = _scale(h, w)
-    n = round(float(rng.integers(p.count[0], p.count[1] + 1)) * _area_factor(h, w))
+    view = _check_view(view)
+    s = _scale(h, w, view)
+    n = round(float(rng.integers(p.count[0], p.count[1] + 1)) * _area_factor(h, w, view))
     radii = np.exp(rng.uniform(math.log(p.radius[0]), math.log(p.radius[1]), size=n)) * s
     # Centres may lie a little outside the frame: drops cut by the border are common.
     cx = rng.uniform(0.0, 1.0, size=n) * (w + 0.6 * radii) - 0.3 * radii
@@ -589,12 +609,15 @@ def _snow_colour(rng: np.random.Generator) -> np.ndarray:
     )
 
 
-def snow(clean: np.ndarray, rng: np.random.Generator, severity: str = "medium") -> np.ndarray:
+def snow(
+    clean: np.ndarray, rng: np.random.Generator, severity: str = "medium", view: float = 1.0
+) -> np.ndarray:
     """Falling snow like Snow100K (parameters: :data:`SNOW_PARAMS`). ``(H, W, 3)`` -> same."""
     img = _check_image(clean)
     p = SNOW_PARAMS[_check_severity(severity)]
     h, w = img.shape[:2]
-    s = _scale(h, w)
+    view = _check_view(view)
+    s = _scale(h, w, view)
     out = img
     if p.haze_beta > 0:
         depth = depth_map(h, w, rng)
@@ -603,7 +626,7 @@ def snow(clean: np.ndarray, rng: np.random.Generator, severity: str = "medium") 
     n_layers = len(p.sizes)
     shares = 1.0 / np.arange(1, n_layers + 1, dtype=np.float64)
     shares /= shares.sum()
-    total = p.flakes * _area_factor(h, w)
+    total = p.flakes * _area_factor(h, w, view)
     alphas = []
     for k, size in enumerate(p.sizes):
         n = max(1, int(rng.poisson(total * shares[k])))
@@ -636,9 +659,13 @@ HAZE_PARAMS: dict[str, FogParams] = {
 }
 
 
-def haze(clean: np.ndarray, rng: np.random.Generator, severity: str = "medium") -> np.ndarray:
+def haze(
+    clean: np.ndarray, rng: np.random.Generator, severity: str = "medium", view: float = 1.0
+) -> np.ndarray:
     """Haze by atmospheric scattering with a random depth map (parameters:
-    :data:`HAZE_PARAMS`). ``(H, W, 3)`` -> ``(H, W, 3)``."""
+    :data:`HAZE_PARAMS`). ``(H, W, 3)`` -> ``(H, W, 3)``. ``view`` is accepted for a
+    uniform signature: scattering has no particle size."""
+    _check_view(view)
     img = _check_image(clean)
     p = HAZE_PARAMS[_check_severity(severity)]
     h, w = img.shape[:2]
@@ -673,12 +700,14 @@ def apply_weather(
     rng: np.random.Generator,
     severity: str = "medium",
     strength: float = 1.0,
+    view: float = 1.0,
 ) -> np.ndarray:
     """Any single, composite or ``"clean"`` weather, optionally weakened.
 
     ``strength`` in [0, 1] blends the degradation toward the clean image
     (``clean + s·(weathered − clean)``): with ``"light"`` severity, small strengths give
-    degradations that are barely visible. ``(H, W, 3)`` float32 -> same.
+    degradations that are barely visible; ``view`` scales particle sizes as for a crop of a
+    ``view`` times larger frame (module docstring). ``(H, W, 3)`` float32 -> same.
     """
     img = _check_image(clean)
     if name == CLEAN:
@@ -687,7 +716,7 @@ def apply_weather(
         raise MofmeError(f"unknown weather {name!r}; choose one of {', '.join(ALL_TYPES)}")
     out = img
     for part in COMPOSITES.get(name, (name,)):
-        out = WEATHER_TYPES[part](out, rng, severity)
+        out = WEATHER_TYPES[part](out, rng, severity, view)
     if strength < 1.0:
         out = img + float(strength) * (out - img)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
@@ -750,16 +779,20 @@ class SnowField:
     Call :meth:`render` for the current frame, then :meth:`step` to advance one frame.
     """
 
-    def __init__(self, h: int, w: int, rng: np.random.Generator, severity: str = "medium"):
+    def __init__(
+        self, h: int, w: int, rng: np.random.Generator, severity: str = "medium", view: float = 1.0
+    ):
         self.p = SNOW_VIDEO_PARAMS[_check_severity(severity)]
         self.h, self.w = h, w
         self.rng = rng
-        s = _scale(h, w)
+        view = _check_view(view)
+        s = _scale(h, w, view)
         self.s = s
         n_layers = len(self.p.sizes)
         shares = 1.0 / np.arange(1, n_layers + 1, dtype=np.float64)
         shares /= shares.sum()
-        counts = np.maximum(1, np.round(self.p.flakes * _area_factor(h, w) * shares)).astype(int)
+        counts = np.round(self.p.flakes * _area_factor(h, w, view) * shares)
+        counts = np.maximum(1, counts).astype(int)
         self.layer = np.repeat(np.arange(n_layers), counts)
         n = int(counts.sum())
         self.margin = 4.0 * max(self.p.sizes) * s + max(self.p.speeds) * s
@@ -835,17 +868,21 @@ class SnowField:
 
 
 def snow_video(
-    frames: Sequence[np.ndarray], rng: np.random.Generator, severity: str = "medium"
+    frames: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    severity: str = "medium",
+    view: float = 1.0,
 ) -> list[np.ndarray]:
     """Add coherent falling snow and haze to a clip (see :class:`SnowField`).
 
     frames: clean frames, each float32 ``(H, W, 3)`` in [0, 1], all the same size.
+    view: particle scale, as for :func:`apply_weather`.
     Returns the snowy frames (new arrays, same shapes).
     """
     if len(frames) == 0:
         raise MofmeError("snow_video needs at least one frame")
     h, w = np.asarray(frames[0]).shape[:2]
-    field = SnowField(h, w, rng, severity)
+    field = SnowField(h, w, rng, severity, view)
     out = []
     for frame in frames:
         out.append(field.render(frame))
