@@ -191,8 +191,12 @@ def test_command_outputs_unchanged(tmp_path):
     digest = _digest(pixels, values)
     here = {"torch": torch.__version__, "machine": platform.machine()}
     if REGEN:
-        GOLDEN.write_text(json.dumps({**here, **digest, "values": values,
-                                      "value_sha256": digest["values"]}, indent=1) + "\n")
+        GOLDEN.write_text(
+            json.dumps(
+                {**here, **digest, "values": values, "value_sha256": digest["values"]}, indent=1
+            )
+            + "\n"
+        )
         np.savez_compressed(PIXELS, **pixels)
         pytest.skip("golden regenerated")
     golden = json.loads(GOLDEN.read_text())
