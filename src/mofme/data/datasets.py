@@ -318,9 +318,12 @@ def find_videos(root: str | os.PathLike[str], split: str = "train") -> list[Vide
 # ---------------------------------------------------------------------- cropping and flipping
 
 
-def _item_rng(seed: int, index: int) -> np.random.Generator:
-    """Per-item generator: ``seed`` + item index + one draw from PyTorch's global RNG."""
-    draw = int(torch.randint(0, 2**62, (1,)).item())
+def _item_rng(
+    seed: int, index: int, generator: torch.Generator | None = None
+) -> np.random.Generator:
+    """Per-item generator: ``seed`` + item index + one draw from ``generator`` (PyTorch's
+    global RNG when None; the trainer passes one seeded per epoch and item)."""
+    draw = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     return np.random.default_rng([seed, index, draw])
 
 
@@ -379,7 +382,11 @@ class _SkippingDataset(Dataset):
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict:
-        rng = _item_rng(self.seed, index)
+        return self.item(index)
+
+    def item(self, index: int, generator: torch.Generator | None = None) -> dict:
+        """Item ``index``, its randomness drawn from ``generator`` (see :func:`_item_rng`)."""
+        rng = _item_rng(self.seed, index, generator)
         tries = 0
         while True:
             try:
