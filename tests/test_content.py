@@ -22,11 +22,11 @@ def _rgb(path: Path) -> np.ndarray:
 def test_pools_are_disjoint_and_demo_uses_held_out() -> None:
     assert not set(content.TRAIN_PHOTOS) & set(content.HELD_OUT_PHOTOS)
     held = {content.package_photo(n).tobytes()[:4096] for n in content.HELD_OUT_PHOTOS}
-    train = {s.image.tobytes()[:4096] for s in synth.training_sources()}
+    train = {s.image.tobytes()[:4096] for s in content.training_sources()}
     assert not held & train
     # The demo and the benchmark draw from clean_sources(), the held-out photos.
-    assert synth.BUNDLED_PHOTOS == content.HELD_OUT_PHOTOS
-    assert len(synth.training_sources()) == len(content.TRAIN_PHOTOS)
+    assert content.BUNDLED_PHOTOS == content.HELD_OUT_PHOTOS
+    assert len(content.training_sources()) == len(content.TRAIN_PHOTOS)
 
 
 @pytest.mark.parametrize("size", [(48, 64), (97, 33)])
@@ -41,7 +41,7 @@ def test_dead_leaves_deterministic_range_and_texture(size: tuple[int, int]) -> N
 
 
 def test_apply_weather_composites_strength_and_clean() -> None:
-    clean = synth.random_view(synth.clean_sources()[0], (64, 64), np.random.default_rng(0))
+    clean = content.random_view(content.clean_sources()[0], (64, 64), np.random.default_rng(0))
     assert np.array_equal(apply_weather("clean", clean, np.random.default_rng(0)), clean)
     full = apply_weather("snow_haze", clean, np.random.default_rng(1), "medium")
     weak = apply_weather("snow_haze", clean, np.random.default_rng(1), "medium", strength=0.2)

@@ -29,7 +29,7 @@ import PIL
 import pytest
 from PIL import Image
 
-from mofme.data import synth, weather
+from mofme.data import content, synth, weather
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "refactor_guard_data"
 SEED = 5
@@ -121,7 +121,7 @@ def produce(tmp: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     arrays["contact_sheet"] = np.asarray(Image.open(sheet))
 
     # Every weather at heavy severity and a large particle scale: the box-filter blur path.
-    clean = synth.random_view(synth.clean_sources()[2], (48, 48), np.random.default_rng(SEED))
+    clean = content.random_view(content.clean_sources()[2], (48, 48), np.random.default_rng(SEED))
     for i, name in enumerate(weather.ALL_TYPES):
         out = weather.apply_weather(name, clean, np.random.default_rng([SEED, i]), "heavy", 1, 4.0)
         arrays[f"weather/{name}"] = _u8(out)

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from mofme.commands import synth as synth_cmd
-from mofme.data import synth, weather
+from mofme.data import clips, content, synth, weather
 from mofme.data.calibration import PSNR_BANDS, band_sample
 from mofme.data.weather import SEVERITIES, WEATHER_TYPES
 from mofme.errors import MofmeError
@@ -25,7 +25,7 @@ LOCAL += [("snow", "light"), ("snow", "medium")]  # heavy snow adds a veiling ha
 @pytest.fixture(scope="module")
 def clean() -> np.ndarray:
     """A non-square natural view, (96, 128, 3) float32."""
-    return synth.random_view(synth.clean_sources()[1], (96, 128), np.random.default_rng(3))
+    return content.random_view(content.clean_sources()[1], (96, 128), np.random.default_rng(3))
 
 
 def _load(path: Path) -> np.ndarray:
@@ -203,8 +203,8 @@ def test_snow_video_flakes_recycle() -> None:
 
 
 def test_camera_clip_is_smooth() -> None:
-    photo = synth.clean_sources()[0]
-    clip = weather.camera_clip(photo, 8, (60, 80), np.random.default_rng(2))
+    photo = content.clean_sources()[0]
+    clip = clips.camera_clip(photo, 8, (60, 80), np.random.default_rng(2))
     assert len(clip) == 8
     assert all(f.shape == (60, 80, 3) and f.dtype == np.float32 for f in clip)
     step = np.mean([np.abs(clip[t + 1] - clip[t]).mean() for t in range(7)])
@@ -231,22 +231,22 @@ def _write_video(path: Path, n: int = 6, size: tuple[int, int] = (48, 64)) -> No
 def test_video_frames_reads_and_rejects(tmp_path: Path) -> None:
     video = tmp_path / "clip.mp4"
     _write_video(video)
-    frames = synth.video_clip(video, 4, (24, 32))
+    frames = clips.video_clip(video, 4, (24, 32))
     assert len(frames) == 4 and frames[0].shape == (24, 32, 3)
     assert frames[3].mean() > frames[0].mean()  # the bright bar grows
-    assert len(synth.video_clip(video, 100, (24, 32), start=2)) == 4
+    assert len(clips.video_clip(video, 100, (24, 32), start=2)) == 4
     bad = tmp_path / "not_a_video.mp4"
     bad.write_bytes(b"definitely not a video")
     with pytest.raises(MofmeError, match="not_a_video"):
-        synth.video_clip(bad, 4, (24, 32))
+        clips.video_clip(bad, 4, (24, 32))
 
 
 # ------------------------------------------------------------------------------ sources
 
 
 def test_bundled_sources_are_colour_photos() -> None:
-    photos = synth.clean_sources()
-    assert len(photos) == len(synth.BUNDLED_PHOTOS) >= 4
+    photos = content.clean_sources()
+    assert len(photos) == len(content.BUNDLED_PHOTOS) >= 4
     for p in photos:
         assert p.dtype == np.uint8 and p.ndim == 3 and p.shape[2] == 3
         assert np.abs(p[..., 0].astype(int) - p[..., 2]).mean() > 3  # not grey
@@ -259,23 +259,23 @@ def test_user_folder_sources(tmp_path: Path) -> None:
     Image.fromarray(np.full((20, 30, 4), 90, np.uint8), "RGBA").save(folder / "rgba.png")
     Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(folder / "deep.png")
     (folder / "notes.txt").write_text("not an image, ignored")
-    photos = synth.clean_sources(folder)
-    assert len(photos) == len(synth.BUNDLED_PHOTOS) + 3
+    photos = content.clean_sources(folder)
+    assert len(photos) == len(content.BUNDLED_PHOTOS) + 3
     user = photos[-3:]  # sorted: deep, grey, rgba
     assert all(p.shape == (20, 30, 3) and p.dtype == np.uint8 for p in user)
     assert user[0][0, 0, 0] == round(40000 / 257)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(MofmeError, match=r"broken\.jpg"):
-        synth.clean_sources(folder)
+        content.clean_sources(folder)
     with pytest.raises(MofmeError, match="missing"):
-        synth.clean_sources(tmp_path / "missing")
+        content.clean_sources(tmp_path / "missing")
 
 
 def test_random_view_size_and_determinism() -> None:
-    photo = synth.clean_sources()[2]
-    a = synth.random_view(photo, (40, 50), np.random.default_rng(1))
-    b = synth.random_view(photo, (40, 50), np.random.default_rng(1))
-    c = synth.random_view(photo, (40, 50), np.random.default_rng(2))
+    photo = content.clean_sources()[2]
+    a = content.random_view(photo, (40, 50), np.random.default_rng(1))
+    b = content.random_view(photo, (40, 50), np.random.default_rng(1))
+    c = content.random_view(photo, (40, 50), np.random.default_rng(2))
     assert a.shape == (40, 50, 3) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
@@ -310,7 +310,7 @@ def test_write_allweather_layout(tmp_path: Path) -> None:
         "00000_clean.png",
         "00001_clean.png",
     ]
-    assert not list(out.rglob("*.part"))
+    assert not list(out.rglob("*.part")) and not list(out.rglob(".*"))  # no temporary files
     img = _load(out / "test_snow" / "input" / "00000.png")
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8
 

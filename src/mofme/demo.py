@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mofme.checkpoint import atomic_write
-from mofme.data.io import save_image
-from mofme.data.synth import clean_sources, random_view
-from mofme.data.weather import CLEAN, WEATHER_TYPES, apply_weather, camera_clip, snow_video
+from mofme.data.clips import camera_clip
+from mofme.data.content import clean_sources, random_view
+from mofme.data.io import atomic_write, save_image, to_uint8
+from mofme.data.weather import CLEAN, WEATHER_TYPES, apply_weather, snow_video
 from mofme.inference.tiling import restore_image
 from mofme.inference.video import VideoRestorer
 from mofme.inference.videoio import VideoWriter
@@ -67,9 +67,7 @@ def side_by_side(panels: list[np.ndarray], labels: list[str]) -> np.ndarray:
     sheet = Image.new("RGB", (w * len(panels), h + LABEL_H), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, (p, label) in enumerate(zip(panels, labels)):
-        sheet.paste(
-            Image.fromarray((np.clip(p, 0, 1) * 255 + 0.5).astype(np.uint8)), (i * w, LABEL_H)
-        )
+        sheet.paste(Image.fromarray(to_uint8(p)), (i * w, LABEL_H))
         draw.text((i * w + 4, 3), label, fill=(0, 0, 0))
     return np.asarray(sheet, dtype=np.float32) / 255.0
 

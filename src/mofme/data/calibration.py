@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mofme.data.synth import clean_sources, random_view
+from mofme.data.content import clean_sources, random_view
 from mofme.data.weather import SEVERITIES, WEATHER_TYPES
 
 # Measured PSNR (dB) of degraded vs clean over 200 random 256 x 256 views of the bundled photos

@@ -16,18 +16,24 @@ Nothing here downloads anything: every photo ships inside an installed package.
   (Achddou et al., 2021); an unlimited supply also keeps a small model from memorising a
   handful of photos.
 
-A user's own photos (``--source DIR``) join the train pool.
+A user's own photos (``--source DIR``) join the train pool. The pools
+(:func:`clean_sources`, :func:`training_sources`, :func:`make_pool`) and the views cut from them
+(:func:`random_view`, :func:`training_view`) are at the end of this module.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mofme.data.io import IMAGE_EXTENSIONS, load_image, to_uint8
+from mofme.errors import MofmeError
 
 HELD_OUT_PHOTOS: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 """scikit-image colour photos kept out of every training set (demo and benchmark only)."""
@@ -56,9 +62,7 @@ LEAVES_SHARE = 0.6
 def _matplotlib_sample(name: str) -> np.ndarray:
     import matplotlib
 
-    path = Path(matplotlib.get_data_path()) / "sample_data" / name
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return to_uint8(load_image(Path(matplotlib.get_data_path()) / "sample_data" / name).rgb)
 
 
 def _loaders() -> dict[str, Callable[[], np.ndarray]]:
@@ -163,7 +167,7 @@ def dead_leaves(size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarra
     a few 1/f texture fields (some shapes stay flat). Optionally a smooth sky gradient fills
     the top, then a random Gaussian defocus and faint sensor noise.
     """
-    from mofme.data.weather import gaussian_blur
+    from mofme.data.weather.common import gaussian_blur
 
     h, w = size_hw
     side = min(h, w)
@@ -228,3 +232,130 @@ def dead_leaves(size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarra
         img = gaussian_blur(img, sigma)
     img = img + rng.normal(0.0, rng.uniform(0.0, 0.008), img.shape).astype(np.float32)
     return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Source pools and views
+# --------------------------------------------------------------------------------------------
+
+BUNDLED_PHOTOS: tuple[str, ...] = HELD_OUT_PHOTOS
+"""The held-out photos (scikit-image, no download): demo and benchmark, never training."""
+
+MAX_SOURCE_SIDE = 1024
+"""User photos are shrunk so that their longer side is at most this (bounds memory)."""
+
+
+def load_rgb(path: str | Path, max_side: int | None = MAX_SOURCE_SIDE) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB (:func:`mofme.data.io.load_image`: EXIF
+    orientation applied, grey / palette / 16-bit converted, alpha dropped).
+
+    Images whose longer side exceeds ``max_side`` are shrunk. Raises :class:`MofmeError`
+    naming the file if it cannot be read.
+    """
+    rgb = to_uint8(load_image(path).rgb)
+    if max_side is not None and max(rgb.shape[:2]) > max_side:
+        f = max_side / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.LANCZOS))
+    return rgb
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_photos() -> tuple[np.ndarray, ...]:
+    return tuple(package_photo(name) for name in BUNDLED_PHOTOS)
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Image files (by suffix) under ``folder``, recursively, in sorted order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MofmeError(f"source folder {folder} does not exist or is not a folder")
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise MofmeError(f"source folder {folder} holds no image files")
+    return files
+
+
+def clean_sources(
+    folder: str | Path | None = None, include_bundled: bool = True
+) -> list[np.ndarray]:
+    """Clean photos as ``(H, W, 3)`` uint8 arrays, in a fixed order.
+
+    The bundled scikit-image photos (:data:`BUNDLED_PHOTOS`, unless ``include_bundled`` is
+    false) followed by every image file under ``folder`` (sorted paths; shrunk to
+    :data:`MAX_SOURCE_SIDE`). The bundled arrays are shared and read-only.
+    """
+    photos: list[np.ndarray] = list(_bundled_photos()) if include_bundled else []
+    if folder is not None:
+        photos.extend(load_rgb(p) for p in image_files(folder))
+    if not photos:
+        raise MofmeError("no clean source photos: give a source folder or include the bundled ones")
+    return photos
+
+
+@dataclass(frozen=True)
+class Source:
+    """One clean source photo of a training pool; grey photos get a colour cast per view."""
+
+    image: np.ndarray
+    grey: bool = False
+
+
+def training_sources(folder: str | Path | None = None) -> list[Source]:
+    """The train pool: package photos disjoint from the held-out ones, then the user's photos
+    (``folder``). Dead-leaves images are added per item, not listed here."""
+    pool = [Source(package_photo(n), n in GREY_PHOTOS) for n in TRAIN_PHOTOS]
+    if folder is not None:
+        pool.extend(Source(load_rgb(p)) for p in image_files(folder))
+    return pool
+
+
+def make_pool(kind: str, source_folder: str | Path | None = None) -> list[Source]:
+    """``"train"``: :func:`training_sources`; ``"heldout"``: the held-out photos (+ ``folder``);
+    ``"user"``: the photos in ``folder`` alone."""
+    if kind == "user" and source_folder is not None:
+        return [Source(load_rgb(p)) for p in image_files(source_folder)]
+    if kind == "train":
+        return training_sources(source_folder)
+    if kind == "heldout":
+        return [Source(p) for p in clean_sources(source_folder)]
+    raise MofmeError(f"unknown content pool {kind!r}; use train or heldout")
+
+
+def training_view(
+    pool: Sequence[Source],
+    size_hw: tuple[int, int],
+    rng: np.random.Generator,
+    leaves_share: float = LEAVES_SHARE,
+) -> np.ndarray:
+    """A clean training view ``(h, w, 3)`` float32: dead leaves (``leaves_share``) or a random
+    view of a pool photo."""
+    if not pool or rng.random() < leaves_share:
+        return dead_leaves(size_hw, rng)
+    src = pool[int(rng.integers(len(pool)))]
+    view = random_view(src.image, size_hw, rng)
+    return colour_cast(view, rng) if src.grey else view
+
+
+def random_view(img: np.ndarray, size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random crop of ``img`` ``(H, W, 3)`` (uint8, or float in [0, 1]) resized to ``size_hw``
+    with a random horizontal flip. The crop covers 40–100 % of the largest window of the target
+    aspect, but is never upscaled more than 1.25x when the photo allows. -> float32 ``(h, w, 3)``.
+    """
+    h, w = size_hw
+    arr = to_uint8(img)
+    ih, iw = arr.shape[:2]
+    aspect = w / h
+    ch_max = min(ih, iw / aspect)
+    frac_min = min(1.0, max(0.4, (h / 1.25) / ch_max))
+    ch = ch_max * rng.uniform(frac_min, 1.0)
+    cw = ch * aspect
+    y0 = rng.uniform(0.0, ih - ch)
+    x0 = rng.uniform(0.0, iw - cw)
+    view = Image.fromarray(arr).resize((w, h), Image.LANCZOS, box=(x0, y0, x0 + cw, y0 + ch))
+    out = np.asarray(view, dtype=np.float32) / 255.0
+    if rng.random() < 0.5:
+        out = out[:, ::-1].copy()
+    return out
