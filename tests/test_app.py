@@ -67,9 +67,10 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import av
 
     from mofme.app import make_examples
+    from mofme.data.clips import camera_clip
+    from mofme.data.content import clean_sources
     from mofme.data.io import save_image
-    from mofme.data.synth import clean_sources
-    from mofme.data.weather import camera_clip, snow_video
+    from mofme.data.weather import snow_video
 
     folder = tmp_path_factory.mktemp("app_media")
     photo = make_examples(folder / "examples")[0]  # chelsea with snow, 448x320
@@ -150,7 +151,8 @@ def test_large_images_are_tiled_with_a_note(media, cache, tmp_path, monkeypatch)
 
 
 def test_bad_inputs_give_readable_messages(media, cache, tmp_path):
-    from mofme.app import _guard, restore_file, restore_video_file
+    from mofme.app import restore_file, restore_video_file
+    from mofme.app.page import _guard
 
     with pytest.raises(MofmeError, match=r"restores up to 0\.001 MP"):
         restore_file(media["photo"], cache, tmp_path, max_megapixels=0.001)
