@@ -10,7 +10,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from mofme.errors import MofmeError
-from mofme.metrics import MetricAccumulator, psnr, rgb_to_y, ssim
+from mofme.metrics import psnr, rgb_to_y, ssim
 
 
 def skimage_ssim(gt: np.ndarray, x: np.ndarray, channel_axis: int | None) -> float:
@@ -111,19 +111,20 @@ def test_shape_mismatch_and_grad_enabled():
     assert values.dtype == torch.float64 and not values.requires_grad
 
 
-def test_accumulator_means_and_average():
-    acc = MetricAccumulator()
-    acc.add("rain", {"psnr": 30.0, "ssim": 0.9})
-    acc.add("rain", {"psnr": torch.tensor([32.0, 34.0]), "ssim": [0.8, 0.7]})
-    acc.add("snow", {"psnr": 20.0, "ssim": 0.5})
-    assert acc.groups == ["rain", "snow"] and acc.count("rain") == 3
-    assert acc.mean("rain") == pytest.approx({"psnr": 32.0, "ssim": 0.8})
-    table = acc.summary()
+def test_group_means_and_average():
+    """The evaluation's table: means per test set; the average weights test sets equally."""
+    from mofme.evaluate import InputAsOutput
+    from mofme.results import Record, summarise
+
+    def record(group: str, value: float, ssim_value: float) -> Record:
+        return Record(group, "x.png", 0, value, ssim_value, value, ssim_value, 1.0, None, 8, 8)
+
+    records = [record("rain", 30.0, 0.9), record("rain", 32.0, 0.8), record("rain", 34.0, 0.7)]
+    records.append(record("snow", 20.0, 0.5))
+    res = summarise("images", records, [], InputAsOutput(), None, {})
+    rows = {r["name"]: r for r in res.rows}
+    assert list(rows) == ["rain", "snow"] and rows["rain"]["count"] == 3
+    assert (rows["rain"]["psnr"], rows["rain"]["ssim"]) == pytest.approx((32.0, 0.8))
     # the average weights test sets equally, not images
-    assert table["average"] == pytest.approx({"psnr": 26.0, "ssim": 0.65})
-    with pytest.raises(ValueError, match="different counts"):
-        acc.add("rain", {"psnr": [1.0, 2.0], "ssim": [1.0]})
-    with pytest.raises(ValueError, match="same metrics"):
-        acc.add("rain", {"psnr": 1.0})
-    with pytest.raises(KeyError):
-        acc.mean("haze")
+    assert (res.average["psnr"], res.average["ssim"]) == pytest.approx((26.0, 0.65))
+    assert res.overall["psnr"] == pytest.approx(29.0) and res.average["count"] == 4

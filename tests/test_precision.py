@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from mofme.cli import main
-from mofme.commands.common import apply_precision_option
 from mofme.errors import MofmeError
 from mofme.inference.fast import (
     Int8Linear,
@@ -20,6 +19,7 @@ from mofme.inference.fast import (
     optimize,
     undo_optimize,
 )
+from mofme.inference.options import apply_precision_option
 from mofme.inference.precision import (
     PLAIN,
     TOLERANCE_DB,

@@ -116,7 +116,7 @@ def test_missing_input_and_empty_folder(tmp_path, ckpt, capsys):
 def test_tile_option_auto_whole_and_fixed():
     import argparse
 
-    from mofme.commands.restore import AUTO_TILE, check_speed_options, tile_for
+    from mofme.inference.options import AUTO_TILE, check_speed_options, tile_for
 
     def resolved(tile: str, h: int, w: int) -> int | None:
         args = argparse.Namespace(tile=tile, overlap=32)

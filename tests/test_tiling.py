@@ -73,9 +73,40 @@ def test_ramp_weights_blend_to_one_and_never_vanish():
     assert torch.all(ramp_weights(20, 0, 20, overlap) == 1)
 
 
+def _forward_shapes(model: nn.Module) -> tuple[list[tuple[int, ...]], object]:
+    """The input shapes of every forward pass of ``model`` (and the hook, to remove)."""
+    shapes: list[tuple[int, ...]] = []
+    handle = model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    return shapes, handle
+
+
 def test_tile_larger_than_image_is_the_whole_image(tiny):
+    """A tile covering the image is one forward pass over the whole image: the model's own
+    output, not a blend of tiles."""
     x = torch.rand(1, 3, 20, 28)
-    torch.testing.assert_close(restore_image(tiny, x, tile=64), restore_image(tiny, x))
+    shapes, handle = _forward_shapes(tiny)
+    try:
+        out = restore_image(tiny, x, tile=64)
+    finally:
+        handle.remove()
+    assert shapes == [(1, 3, 20, 28)]
+    with torch.no_grad():
+        torch.testing.assert_close(out, tiny(x))
+
+
+def test_tile_longer_than_one_side_takes_that_side_whole():
+    """The tiled path with a tile longer than the image's height: every tile spans the whole
+    height, and the blend of the tiles is the whole-image result of a per-pixel model."""
+    model = PerPixel()
+    x = torch.rand(1, 3, 20, 100)
+    shapes, handle = _forward_shapes(model)
+    try:
+        out = restore_image(model, x, tile=64, overlap=16, batch_tiles=1)
+    finally:
+        handle.remove()
+    assert shapes == [(1, 3, 20, 64), (1, 3, 20, 64)]  # columns 0 and 36
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), rtol=0, atol=1e-6)
 
 
 def test_mofme_tiled_close_to_whole(tiny):

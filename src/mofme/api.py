@@ -22,7 +22,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -207,7 +206,7 @@ class Restorer:
         fast: bool = True,
     ) -> None:
         from mofme.device import resolve_device
-        from mofme.inference.options import check_speed_options, prepare_model
+        from mofme.inference.options import InferenceOptions
 
         dev = resolve_device(device) if isinstance(device, str) else device
         if dev is not None:
@@ -223,13 +222,11 @@ class Restorer:
 
         if precision not in PRECISIONS:
             raise MofmeError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        # The options of ``mofme restore``, validated and applied by the same functions (tile
-        # None is the command line's 0: whole image; prepare_model sets ``amp``).
-        self._opts = SimpleNamespace(tile=0 if tile is None else tile, overlap=overlap,
-                                     precision=precision, amp=None, channels_last=False,
-                                     plain=not fast)  # fmt: skip
-        check_speed_options(self._opts)
-        chosen = prepare_model(self.model, self._opts, self.device)
+        # The options of ``mofme restore``, validated and applied by the same code (tile None
+        # is the command line's 0: whole image; ``prepare`` sets ``amp``).
+        self._opts = InferenceOptions(tile=tile, overlap=overlap, precision=precision,
+                                      plain=not fast)  # fmt: skip
+        chosen = self._opts.prepare(self.model, self.device)
         #: One line on the precision in use (and why, for ``"auto"``).
         self.precision_note: str = getattr(chosen, "note", "")
 
@@ -302,27 +299,24 @@ class Restorer:
         ``mofme restore``'s tile choice (``whole``: one pass, no tiles, for routing maps); out
         of memory -> tiles, halved down to 128 pixels.
         """
-        import torch
+        from mofme.inference.video import still_input
 
-        from mofme.inference.options import tile_for
-
-        if self.in_channels == 6:
-            # A video model on a still image: its first-frame input (zero reference).
-            x = torch.cat([x, torch.zeros_like(x)], 1)
-        tile = None if whole else tile_for(self._opts, *x.shape[-2:], self.model)
+        # A video model on a still image: its first-frame input (zero reference).
+        x = still_input(x, self.in_channels)
+        tile = None if whole else self._opts.tile_for(*x.shape[-2:], self.model)
         with self._lock:
             return self._run_tiles(x, tile, whole)
 
     def _run_tiles(self, x: torch.Tensor, tile: int | None, whole: bool) -> torch.Tensor:
         import torch
 
-        from mofme.inference.options import AUTO_TILE, batch_tiles_for
+        from mofme.inference.options import AUTO_TILE
         from mofme.inference.tiling import restore_image
 
         while True:
             try:
                 return restore_image(self.model, x, tile=tile, overlap=self._opts.overlap,
-                                     batch_tiles=batch_tiles_for(self.device),
+                                     batch_tiles=self._opts.batch_tiles_on(self.device),
                                      amp=self._opts.amp)  # fmt: skip
             except torch.OutOfMemoryError:
                 if self.device.type == "cuda":
@@ -419,6 +413,8 @@ class Restorer:
         """
         import torch
 
+        from mofme.model.analysis import active_experts
+
         if isinstance(x, torch.Tensor) and x.ndim == 4:
             x = x[:1]
         with self._lock:
@@ -440,7 +436,7 @@ class Restorer:
         return RoutingMap(
             weights=stacked,
             expert=stacked.argmax(-1),
-            active=(stacked > 0).sum(-1),
+            active=active_experts(torch.from_numpy(stacked)).numpy(),
             patch=p,
             size=(int(h), int(w)),
             routing=self.routing,
@@ -487,7 +483,6 @@ class Restorer:
             >>> result.frames, result.notes
             (120, ['audio: aac stream copied'])
         """
-        from mofme.inference.options import batch_tiles_for, tile_for
         from mofme.inference.video import restore_video_file
         from mofme.inference.videoio import probe
 
@@ -502,10 +497,10 @@ class Restorer:
                 self.model,
                 src,
                 dst,
-                tile=tile_for(self._opts, info.height, info.width, self.model),
+                tile=self._opts.tile_for(info.height, info.width, self.model),
                 overlap=self._opts.overlap,
                 amp=self._opts.amp,
-                batch_tiles=batch_tiles_for(self.device),
+                batch_tiles=self._opts.batch_tiles_on(self.device),
                 fps=fps,
                 side_by_side=side_by_side,
                 crf=crf,

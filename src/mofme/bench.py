@@ -19,23 +19,17 @@ Two tables, all numbers from one run on one machine:
    and through the ``mofme export`` graph in ONNX Runtime's CPU provider (dense masked experts,
    the same thread count), with the max abs difference of the outputs.
 
-Timing rounds interleave the variants (round r runs every variant once), so a machine whose load
-changes during the run (shared CPUs) biases every variant alike; medians are reported.
-
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the
-run; on CPU the peak growth of the process's resident set (RSS) during the run, sampled every
-2 ms by a thread, after handing freed heap back to the OS (glibc ``malloc_trim``).
+Timing (interleaved rounds, medians), peak memory, the matmul peak and the test frame come from
+:mod:`mofme.inference.timing`; the official crops, autocast and the tiles per pass from the
+inference path itself (:mod:`mofme.inference.tiling`, :mod:`mofme.inference.options`), so the
+bench times what the commands run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
 import math
 import os
-import platform
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,180 +37,26 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from mofme.inference.fast import nnpack_usable, optimize
-from mofme.inference.tiling import official_boxes, official_crops, restore_image
-from mofme.model.analysis import count_flops
+from mofme.inference.fast import optimize
+from mofme.inference.options import batch_tiles_for
+from mofme.inference.tiling import (
+    autocast_context,
+    expert_impl,
+    official_boxes,
+    official_crops,
+    restore_image,
+)
+from mofme.inference.timing import (
+    bench_input,
+    median,
+    paired_ratios,
+    peak_memory_mb,
+    spread,
+    time_interleaved,
+)
+from mofme.model.analysis import active_experts, count_flops
 from mofme.model.moe import ModulationExperts, select_topk, select_topp
 from mofme.model.net import MoFMENet
-
-# ------------------------------------------------------------------------------- measuring
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median(values: list[float]) -> float:
-    s = sorted(values)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def _spread(values: list[float]) -> tuple[float, float]:
-    """``(min, max)`` of ``values``: the spread reported next to a median."""
-    return min(values), max(values)
-
-
-def time_interleaved(
-    fns: dict[str, Callable[[], object]], warmup: int, repeat: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Seconds per call of every function, measured in alternating rounds.
-
-    Round r runs every variant once, in the listed order on even rounds and reversed on odd
-    rounds: a load change on a shared machine then hits every variant alike (a variant's
-    repeats are never back to back), and a steady drift within a round cancels between
-    rounds. Times of round r of different variants are paired (see ``paired_ratios``).
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns.items())
-    for r in range(repeat):
-        for name, fn in order if r % 2 == 0 else order[::-1]:
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def paired_ratios(times: dict[str, list[float]], base: str) -> dict[str, list[float]]:
-    """Per round, ``base``'s time over each variant's (the speed-up measured in that round).
-
-    Two runs of the same round saw about the same machine load, so their ratio moves much
-    less than the ratio of two medians taken at different times.
-    """
-    return {
-        name: [b / max(t, 1e-12) for b, t in zip(times[base], ts)] for name, ts in times.items()
-    }
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        import resource  # no /proc: max RSS so far (only grows, so deltas are lower bounds)
-
-        scale = 1 if platform.system() == "Darwin" else 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def _trim_heap() -> None:
-    """Return freed heap pages to the OS so RSS growth reflects the next run's needs."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Extra memory (MB) ``fn`` needs at its peak: CUDA allocator peak or CPU RSS growth."""
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    _trim_heap()
-    base = _rss_bytes()
-    peak = base
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss_bytes())
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    peak = max(peak, _rss_bytes())
-    return (peak - base) / 2**20
-
-
-#: Peak matmuls are at least this large: smaller products do not reach the machine's peak
-#: (call overheads, caches), which made the reported fp32 peak move by 2x between runs.
-PEAK_MIN_N = 2048
-
-
-def _matmul_size(dtype: torch.dtype, device: torch.device, min_s: float) -> tuple[int, float]:
-    """Side ``n`` (>= PEAK_MIN_N) of a square product taking >= ``min_s``, and its seconds."""
-    n = PEAK_MIN_N
-    while True:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        a @ b  # first call: kernel selection, page faults
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_s or n >= 8192:
-            return n, elapsed
-        n *= 2
-
-
-def matmul_peaks(
-    device: torch.device,
-    dtypes: dict[str, torch.dtype] | None = None,
-    rounds: int = 5,
-    min_s: float = 0.05,
-) -> dict[str, dict[str, float]]:
-    """Measured matmul GFLOP/s per dtype: ``{"fp32": {"best", "median", "n"}, ...}``.
-
-    Square products of at least ``PEAK_MIN_N`` (grown until one takes ``min_s``), each
-    measurement repeated until it lasts ``min_s``, dtypes alternated over ``rounds`` rounds.
-    ``best`` is the peak (load on a shared machine only ever slows a run down), ``median`` the
-    typical rate under the current load.
-    """
-    dtypes = dtypes or {"fp32": torch.float32, "bf16": torch.bfloat16}
-    setup = {}
-    for name, dtype in dtypes.items():
-        n, elapsed = _matmul_size(dtype, device, min_s)
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        setup[name] = (a, b, n, max(1, math.ceil(min_s / max(elapsed, 1e-9))))
-    rates: dict[str, list[float]] = {name: [] for name in dtypes}
-    for r in range(rounds):
-        names = list(dtypes) if r % 2 == 0 else list(dtypes)[::-1]
-        for name in names:
-            a, b, n, reps = setup[name]
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            synchronize(device)
-            rates[name].append(2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
-    return {
-        name: {"best": max(v), "median": _median(v), "n": float(setup[name][2])}
-        for name, v in rates.items()
-    }
-
-
-def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, budget_s: float = 1.0) -> float:
-    """Best GFLOP/s of a large square ``torch.matmul`` in ``dtype`` (see ``matmul_peaks``)."""
-    rounds = max(3, int(budget_s / 0.1))
-    return matmul_peaks(device, {"x": dtype}, rounds=rounds)["x"]["best"]
-
 
 # ------------------------------------------------------------------------------- FLOPs
 
@@ -301,36 +141,6 @@ class BenchResult:
         }
 
 
-def bench_input(size: tuple[int, int], in_channels: int, seed: int = 0) -> Tensor:
-    """A deterministic natural-looking test frame ``(1, C_in, H, W)`` in [0, 1].
-
-    scikit-image's bundled astronaut photo, resized; a video model gets a zero reference.
-    """
-    import numpy as np
-    from PIL import Image
-
-    h, w = size
-    try:
-        from skimage import data
-
-        photo = Image.fromarray(data.astronaut()).resize((w, h), Image.Resampling.BICUBIC)
-        rgb = np.asarray(photo, dtype=np.float32) / 255.0
-    except Exception:  # scikit-image without its data files: smooth random pattern
-        gen = torch.Generator().manual_seed(seed)
-        low = torch.rand(1, 3, max(1, h // 16), max(1, w // 16), generator=gen)
-        return _pad_channels(
-            torch.nn.functional.interpolate(low, size=size, mode="bicubic").clamp(0, 1), in_channels
-        )
-    x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
-    return _pad_channels(x, in_channels)
-
-
-def _pad_channels(x: Tensor, in_channels: int) -> Tensor:
-    if in_channels == x.shape[1]:
-        return x
-    return torch.cat([x, torch.zeros(1, in_channels - x.shape[1], *x.shape[-2:])], 1)
-
-
 def _bf16_native(device: torch.device, fp32_peak: float, bf16_peak: float) -> bool:
     # Without native bf16 units the matmul falls back to slow conversions: skip those rows.
     return bf16_peak >= 0.8 * fp32_peak
@@ -363,7 +173,7 @@ def run_frame_bench(
     h, w = size
     notes: list[str] = []
     peaks = peaks or {}
-    batch_tiles = 8 if device.type == "cuda" else 1  # as mofme restore / video
+    batch_tiles = batch_tiles_for(device)  # as mofme restore / video
     x = bench_input(size, model.cfg.in_channels).to(device)
     boxes = official_boxes(h, w, crop)
     crop_sizes = [(bh, bw) for _, _, bh, bw in boxes]
@@ -376,15 +186,9 @@ def run_frame_bench(
 
     def crops_with(m: MoFMENet, impl: str = "dense", amp: str = "none") -> Callable[[], Tensor]:
         def run() -> Tensor:
-            old = m.cfg.expert_impl
-            m.set_expert_impl(impl)
-            try:
-                if impl == "dense":
-                    return _amp(device, amp, lambda: official_crops(m, x, crop))
-                # official_crops forces dense experts; the sparse variant runs the same crops.
-                return _amp(device, amp, lambda: _crops_sparse(m, x, boxes))
-            finally:
-                m.set_expert_impl(old)
+            # The official crops, with the experts computed as ``impl``.
+            with expert_impl(m, impl), autocast_context(device, amp):
+                return official_crops(m, x, crop, dense=False).float()
 
         return run
 
@@ -481,7 +285,7 @@ def run_frame_bench(
     rows = []
     ratios = paired_ratios(times, base_name)
     for name, (fn, flops, note) in variants.items():
-        ms = _median(times[name]) * 1e3
+        ms = median(times[name]) * 1e3
         gps = flops / (ms / 1e3) / 1e9
         # int8 rows are shown against the fp32 peak (no int8 peak is measured).
         use_peak = bf16_peak if "bf16" in name else peak
@@ -489,11 +293,11 @@ def run_frame_bench(
             FrameRow(
                 name=name,
                 ms=ms,
-                speedup=_median(ratios[name]),
-                ms_min=_spread(times[name])[0] * 1e3,
-                ms_max=_spread(times[name])[1] * 1e3,
-                speedup_min=_spread(ratios[name])[0],
-                speedup_max=_spread(ratios[name])[1],
+                speedup=median(ratios[name]),
+                ms_min=spread(times[name])[0] * 1e3,
+                ms_max=spread(times[name])[1] * 1e3,
+                speedup_min=spread(ratios[name])[0],
+                speedup_max=spread(ratios[name])[1],
                 gflops=flops / 1e9,
                 gflops_per_s=gps,
                 peak_pct=100 * gps / use_peak if use_peak else None,
@@ -507,32 +311,9 @@ def run_frame_bench(
     return rows, notes
 
 
-def _amp(device: torch.device, amp: str, fn: Callable[[], Tensor]) -> Tensor:
-    if amp == "bf16":
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            return fn().float()
-    return fn()
-
-
 def _with_impl(model: MoFMENet, impl: str, fn: Callable[[], object]):  # -> fn's result
-    old = model.cfg.expert_impl
-    model.set_expert_impl(impl)
-    try:
+    with expert_impl(model, impl):
         return fn()
-    finally:
-        model.set_expert_impl(old)
-
-
-def _crops_sparse(model: MoFMENet, x: Tensor, boxes: list[tuple[int, int, int, int]]) -> Tensor:
-    """The official crop pipeline with the model's current (sparse) expert implementation."""
-    b, _, h, w = x.shape
-    with torch.inference_mode():
-        out = torch.zeros(b, 3, h, w, device=x.device)
-        count = torch.zeros(1, 1, h, w, device=x.device)
-        for y0, x0, ch, cw in boxes:
-            out[:, :, y0 : y0 + ch, x0 : x0 + cw] += model(x[:, :, y0 : y0 + ch, x0 : x0 + cw])
-            count[:, :, y0 : y0 + ch, x0 : x0 + cw] += 1
-        return out / count
 
 
 # ------------------------------------------------------------------------------- FME table
@@ -578,16 +359,16 @@ def run_fme_bench(
         ratios = paired_ratios(times, "dense (all experts)")
         rows = []
         for name, fn in fns.items():
-            ms = _median(times[name]) * 1e3
+            ms = median(times[name]) * 1e3
             wts = weights[name]
-            active = float(experts) if wts is None else float((wts > 0).sum(-1).float().mean())
+            active = float(experts) if wts is None else float(active_experts(wts).float().mean())
             rows.append(
                 FmeRow(
                     name=name,
                     ms=ms,
-                    speedup=_median(ratios[name]),
-                    speedup_min=_spread(ratios[name])[0],
-                    speedup_max=_spread(ratios[name])[1],
+                    speedup=median(ratios[name]),
+                    speedup_min=spread(ratios[name])[0],
+                    speedup_max=spread(ratios[name])[1],
                     max_abs_diff=float((fn() - ref[name]).abs().max()),
                     mean_active_experts=active,
                     ktokens_per_s=tokens / (ms / 1e3) / 1e3,
@@ -597,29 +378,6 @@ def run_fme_bench(
 
 
 # ------------------------------------------------------------------------------- report
-
-
-def machine_info(device: torch.device) -> dict[str, object]:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next(
-                    (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                    name,
-                )
-        except OSError:
-            pass
-    return {
-        "device": str(device),
-        "name": name,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "nnpack": nnpack_usable() if device.type == "cpu" else None,
-    }
 
 
 def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
@@ -780,10 +538,10 @@ def run_onnx_bench(
         rows.append(
             OnnxRow(
                 name=name,
-                ms=1e3 * _median(ts),
+                ms=1e3 * median(ts),
                 ms_min=1e3 * min(ts),
                 ms_max=1e3 * max(ts),
-                speedup=_median(ratios[name]),
+                speedup=median(ratios[name]),
                 max_abs_diff=float(abs(out - reference).max()),
             )
         )

@@ -144,20 +144,6 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_state(model: MoFMENet, path: str | Path) -> dict[str, Any]:
-    """Load weights from ``path`` into an existing ``model``; the configs must match."""
-    path = Path(path)
-    meta = read_metadata(path)
-    ours, theirs = model.cfg.to_dict(), meta["config"].to_dict()
-    ours.pop("routing"), theirs.pop("routing")  # routing is a run-time choice
-    ours.pop("expert_impl"), theirs.pop("expert_impl")
-    diff = [f"{k}={theirs[k]} (model has {ours[k]})" for k in sorted(ours) if ours[k] != theirs[k]]
-    if diff:
-        raise MofmeError(f"checkpoint {path} was saved for a different model: {', '.join(diff)}")
-    _load_tensors(model, _read_tensors(path), path)
-    return meta
-
-
 def _check_layout(
     expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], path: Path, side: str
 ) -> None:

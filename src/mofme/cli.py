@@ -45,12 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mofme {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"mofme.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"mofme.commands.{name}":
-                continue  # command not built yet
-            raise
+        mod = importlib.import_module(f"mofme.commands.{name}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

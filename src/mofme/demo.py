@@ -26,6 +26,7 @@ from mofme.inference.tiling import restore_image
 from mofme.inference.video import VideoRestorer
 from mofme.inference.videoio import VideoWriter
 from mofme.metrics import psnr, ssim
+from mofme.model.analysis import mean_active_experts
 from mofme.model.net import MoFMENet
 from mofme.stats import RoutingStats, plot_top8
 
@@ -57,8 +58,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _active(model: MoFMENet) -> float:
-    ws = model.routing_weights()
-    return float(np.mean([float((w > 0).sum(-1).float().mean()) for w in ws]))
+    return mean_active_experts(model.routing_weights())
 
 
 def side_by_side(panels: list[np.ndarray], labels: list[str]) -> np.ndarray:

@@ -27,15 +27,12 @@ Conventions (SPEC §6):
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
-
 import torch
 import torch.nn.functional as F
 
 from mofme.errors import MofmeError
 
-__all__ = ["SSIM_WINDOW", "MetricAccumulator", "psnr", "rgb_to_y", "ssim"]
+__all__ = ["SSIM_WINDOW", "psnr", "rgb_to_y", "ssim"]
 
 #: Side of the Gaussian SSIM window (sigma 1.5, truncate 3.5, as scikit-image).
 SSIM_WINDOW = 11
@@ -195,80 +192,3 @@ def grid_ratio(
     if border_n == 0 or inner_n == 0 or inner_sum == 0.0:
         return 1.0
     return (border_sum / border_n) / (inner_sum / inner_n)
-
-
-class MetricAccumulator:
-    """Collects per-image metric values by group (test set) and reports means.
-
-    >>> acc = MetricAccumulator()
-    >>> acc.add("rain", {"psnr": 30.0, "ssim": 0.9})
-    >>> acc.add("rain", {"psnr": torch.tensor([32.0, 34.0]), "ssim": [0.8, 0.7]})
-    >>> acc.mean("rain")["psnr"]
-    32.0
-
-    Each call adds one value per image; tensors / sequences add one value per element, and all
-    metrics in one call must have the same number of values. Means are plain arithmetic means
-    (an ``inf`` PSNR from an exact match makes the mean ``inf``).
-    """
-
-    def __init__(self) -> None:
-        self._sums: dict[str, dict[str, float]] = {}
-        self._counts: dict[str, int] = {}
-
-    def add(self, group: str, values: Mapping[str, float | torch.Tensor | Iterable[float]]) -> None:
-        """Add the values of one image (floats) or of a batch (tensors / sequences)."""
-        lengths = set()
-        flat: dict[str, list[float]] = {}
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                items = [float(v) for v in value.detach().flatten().tolist()]
-            elif isinstance(value, (int, float)):
-                items = [float(value)]
-            else:
-                items = [float(v) for v in value]
-            flat[name] = items
-            lengths.add(len(items))
-        if len(lengths) > 1:
-            raise ValueError(f"metrics in one call have different counts: {sorted(lengths)}")
-        if not flat:
-            return
-        count = lengths.pop()
-        sums = self._sums.setdefault(group, {})
-        if sums and set(sums) != set(flat):
-            raise ValueError(
-                f"group {group!r} collects {sorted(sums)}, got {sorted(flat)}; "
-                "add the same metrics every time"
-            )
-        for name, items in flat.items():
-            sums[name] = sums.get(name, 0.0) + math.fsum(items)
-        self._counts[group] = self._counts.get(group, 0) + count
-
-    @property
-    def groups(self) -> list[str]:
-        """Group names in the order they were first added."""
-        return list(self._sums)
-
-    def count(self, group: str) -> int:
-        """Number of images added to ``group``."""
-        return self._counts.get(group, 0)
-
-    def mean(self, group: str) -> dict[str, float]:
-        """Mean of every metric over the images of ``group``."""
-        if group not in self._sums:
-            raise KeyError(f"no values for group {group!r}")
-        count = self._counts[group]
-        return {name: total / count for name, total in self._sums[group].items()}
-
-    def summary(self, average_name: str = "average") -> dict[str, dict[str, float]]:
-        """Per-group means plus, with two or more groups, the mean over groups.
-
-        The average gives every group equal weight (as papers average test sets), not every
-        image.
-        """
-        table = {group: self.mean(group) for group in self._sums}
-        if len(table) > 1:
-            names = set.intersection(*(set(m) for m in table.values()))
-            table[average_name] = {
-                name: sum(m[name] for m in table.values()) / len(table) for name in sorted(names)
-            }
-        return table

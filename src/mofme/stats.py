@@ -20,17 +20,20 @@ forward pass, including tokens of the reflect-padded border and, with tiles, the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mofme.errors import MofmeError
+from mofme.model.analysis import active_experts
+
+if TYPE_CHECKING:
+    from mofme.evaluate import Sample
 
 TOP = 8  # experts listed in "top-8" tables and plots (the MoFME report's Figure 3)
 ALL = "all"  # the group that collects every token
@@ -68,7 +71,7 @@ def _reduce(weights: Tensor) -> dict[str, Any]:
         w = w.cpu()
     w64 = w.double()
     used = w > 0
-    per_token = used.sum(-1)
+    per_token = active_experts(w)
     return {
         "weight_sum": w64.sum(0).cpu().numpy(),
         "active": used.sum(0).cpu().numpy().astype(np.int64),
@@ -196,54 +199,22 @@ def _describe(c: _LayerCounts) -> dict[str, Any]:
 # Collecting from a model
 
 
-@contextmanager
-def capture_routing(model: nn.Module) -> Iterator[list[list[Tensor]]]:
-    """Record the routing weights of every forward pass while the context is open.
+class RoutingObserver:
+    """An observer of the evaluation loop (:mod:`mofme.evaluate`) that adds the routing weights
+    of every restored image or frame to ``stats``, in the groups ``groups(sample)`` names."""
 
-    Yields ``buffers``: ``buffers[l]`` is the list of layer l's weights ``(B, N, E)``, one entry
-    per forward pass (a tiled image makes several). Hooks rather than
-    ``model.routing_weights()`` because that only holds the last forward pass.
-    """
-    layers = list(model.fme_layers)  # type: ignore[attr-defined]
-    buffers: list[list[Tensor]] = [[] for _ in layers]
+    def __init__(self, stats: RoutingStats, groups: Callable[[Sample], Sequence[str]]) -> None:
+        self.stats, self.groups = stats, groups
 
-    def hook(index: int):  # -> forward hook
-        def record(module: nn.Module, _inputs: object, _output: object) -> None:
-            buffers[index].append(module.last_weights)  # type: ignore[arg-type]
-
-        return record
-
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    try:
-        yield buffers
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _flush(buffers: list[list[Tensor]], stats: RoutingStats, *groups: str) -> None:
-    """Add the captured forward passes to ``stats`` as one sample and empty the buffers."""
-    if not buffers or not buffers[0]:
-        raise RuntimeError("the model ran no FME layer (is it an MoFMENet?)")
-    merged = []
-    for passes in buffers:
-        e = passes[0].shape[-1]
-        # Tiles differ in token count: concatenate all their tokens as one batch of 1.
-        merged.append(torch.cat([p.reshape(-1, e) for p in passes]).unsqueeze(0))
-        passes.clear()
-    stats.add(merged, *groups)
-
-
-def _to_input(path: Path, device: torch.device) -> Tensor:
-    from mofme.data.io import read_image, to_tensor
-
-    return to_tensor(read_image(path)).unsqueeze(0).to(device)
-
-
-def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return next(model.parameters()).device
+    def __call__(self, sample: Sample) -> None:
+        if not sample.routing or not sample.routing[0]:
+            raise RuntimeError("the model ran no FME layer (is it an MoFMENet?)")
+        merged = []
+        for passes in sample.routing:
+            e = passes[0].shape[-1]
+            # Tiles differ in token count: concatenate all their tokens as one batch of 1.
+            merged.append(torch.cat([p.reshape(-1, e) for p in passes]).unsqueeze(0))
+        self.stats.add(merged, *self.groups(sample))
 
 
 def collect_video(
@@ -271,24 +242,14 @@ def collect_video(
     Groups: ``"first"`` (frame 0 of each video, reference all zeros), ``"other"`` (the rest),
     ``"all"``.
     """
-    from tqdm import tqdm
+    from mofme.evaluate import restore_videos
 
-    from mofme.inference.video import VideoRestorer
-
-    dev = _device_of(model, device)
-    videos = list(videos)
-    frames_of = [list(v.snow_frames)[:max_frames] for v in videos]
-    restorer = VideoRestorer(model, tile=tile, overlap=overlap)
     stats = RoutingStats()
-    bar = tqdm(total=sum(map(len, frames_of)), unit="frame", disable=not progress)
-    with capture_routing(model) as buffers, bar:
-        for video, frames in zip(videos, frames_of):
-            bar.set_postfix_str(str(video.name))
-            restorer.reset()
-            for t, path in enumerate(frames):
-                restorer.step(_to_input(path, dev))
-                _flush(buffers, stats, "first" if t == 0 else "other", ALL)
-                bar.update()
+    observe = RoutingObserver(stats, lambda s: ("first" if s.index == 0 else "other", ALL))
+    restore_videos(
+        model, list(videos), tile=tile, overlap=overlap, max_frames=max_frames, device=device,
+        score=False, progress=progress, strict=True, warmup=False, observers=[observe],
+    )  # fmt: skip
     return stats
 
 
@@ -315,9 +276,7 @@ def collect_images(
 
     Groups: each pair's ``group`` (test set / weather type), plus ``"all"``.
     """
-    from tqdm import tqdm
-
-    from mofme.inference.tiling import restore_image
+    from mofme.evaluate import limit_per_group, restore_pairs
 
     in_channels = model.cfg.in_channels  # type: ignore[attr-defined]
     if in_channels != 3:
@@ -325,18 +284,13 @@ def collect_images(
             f"the model takes {in_channels}-channel input (a video model); "
             "routing statistics for it need video data (RVSD layout)"
         )
-    dev = _device_of(model, device)
-    selected, per_group = [], {}
-    for pair in pairs:
-        seen = per_group.get(pair.group, 0)
-        if max_images is None or seen < max_images:
-            selected.append(pair)
-            per_group[pair.group] = seen + 1
     stats = RoutingStats()
-    with capture_routing(model) as buffers:
-        for pair in tqdm(selected, unit="image", disable=not progress):
-            restore_image(model, _to_input(pair.input, dev), tile=tile, overlap=overlap)
-            _flush(buffers, stats, str(pair.group), ALL)
+    observe = RoutingObserver(stats, lambda s: (str(s.group), ALL))
+    restore_pairs(
+        model, limit_per_group(list(pairs), max_images), tile=tile, overlap=overlap,
+        device=device, score=False, progress=progress, strict=True, warmup=False,
+        observers=[observe],
+    )  # fmt: skip
     return stats
 
 

@@ -12,6 +12,7 @@ from mofme.commands.common import (
     add_model_arguments,
     add_precision_argument,
     check_threads,
+    model_from_args,
     parse_size,
     resolve_device,
 )
@@ -34,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--crop", type=int, default=240, help="official crop size (default 240)")
     p.add_argument("--tile", type=int, default=256, help="tile size of the tiled row (default 256)")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap (default 32)")
+    p.add_argument(
+        "--overlap", type=int, default=None, help="tile overlap (default 32, at most tile/2)"
+    )
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
     p.add_argument(
         "--bf16", action="store_true", help="time bf16 autocast even without native bf16"
@@ -68,12 +71,11 @@ def check_bench_options(args: argparse.Namespace) -> None:
     """Refuse sizes the timed paths cannot run (a crop or tile below the model's 8-pixel patch
     ends in a convolution error; a huge frame in an allocation failure), before any timing."""
     from mofme.data.io import max_pixels
+    from mofme.inference.options import MIN_TILE, check_tiling
 
-    for name in ("crop", "tile"):
-        if getattr(args, name) < 8:
-            raise MofmeError(f"--{name} must be at least 8 pixels, got {getattr(args, name)}")
-    if not 0 <= args.overlap < args.tile:
-        raise MofmeError(f"--overlap must be in [0, --tile), got {args.overlap}")
+    if args.crop < MIN_TILE:
+        raise MofmeError(f"--crop must be at least {MIN_TILE} pixels, got {args.crop}")
+    args.tile, args.overlap = check_tiling(args.tile, args.overlap, auto=False, whole=False)
     for name in ("tokens", "fme_dim", "experts"):
         if getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")
@@ -92,15 +94,8 @@ def check_bench_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mofme.bench import (
-        BenchResult,
-        machine_info,
-        matmul_peaks,
-        run_fme_bench,
-        run_frame_bench,
-        to_markdown,
-    )
-    from mofme.commands.common import load_model
+    from mofme.bench import BenchResult, run_fme_bench, run_frame_bench, to_markdown
+    from mofme.inference.timing import machine_info, matmul_peaks
 
     if args.repeat < 1 or args.warmup < 0:
         raise MofmeError("--repeat must be >= 1 and --warmup >= 0")
@@ -116,13 +111,13 @@ def run(args: argparse.Namespace) -> int:
         raise MofmeError(f"--topk must be in [1, --experts], got {args.topk}")
     size = parse_size(args.size)
     if args.json:
-        from mofme.commands.common import check_writable, refuse_existing
+        from mofme.outputs import check_writable, refuse_existing
 
         # Before minutes of timing, not after.
         refuse_existing([Path(args.json)], args.overwrite)
         check_writable(args.json)
     device = resolve_device(args.device)
-    model = load_model(args, device)
+    model = model_from_args(args, device)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

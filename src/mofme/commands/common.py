@@ -1,72 +1,27 @@
-"""Options and helpers shared by several commands."""
+"""Options and helpers shared by several commands: the argparse pieces, the progress rule and
+the one way a command turns its model argument into a model (:func:`load_model`)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import tempfile
-from collections.abc import Iterable
-from pathlib import Path
 
 from mofme.device import check_threads, cpu_count, max_threads, resolve_device
 from mofme.errors import MofmeError
-from mofme.inference.options import apply_precision_option
+from mofme.outputs import check_writable, refuse_existing
 
 __all__ = [  # re-exported for the commands
-    "apply_precision_option",
     "check_threads",
+    "check_writable",
     "cpu_count",
     "max_threads",
+    "refuse_existing",
     "resolve_device",
 ]
 
-
-def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
-    """The one rule of every command that writes: never replace a file unless ``--overwrite``."""
-    if overwrite:
-        return
-    existing = [p for p in paths if p.exists() or p.is_symlink()]
-    if existing:
-        more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
-        raise MofmeError(f"{existing[0]} already exists{more}; pass --overwrite to replace it")
-
-
-def check_writable(path: str | os.PathLike[str], folder: bool = False) -> None:
-    """Fail now, in one line, when ``path`` cannot be written, instead of after all the work.
-
-    ``path`` is an output file, or with ``folder`` an output folder. A temporary file is created
-    and removed again, and so are any folders created for it: nothing is left behind.
-    """
-    path = Path(path)
-    if not folder and path.is_dir():
-        raise MofmeError(f"cannot write {path}: it is a folder")
-    target = path if folder else path.parent
-    created: list[Path] = []
-    probe = None
-    try:
-        existing = target
-        while not existing.exists():
-            created.append(existing)
-            existing = existing.parent
-        if not existing.is_dir():
-            raise MofmeError(f"cannot write {path}: {existing} is not a folder")
-        for missing in reversed(created):
-            missing.mkdir()
-        fd, probe = tempfile.mkstemp(
-            prefix=f".{path.name}.tmp-{os.getpid()}.", suffix=".tmp", dir=target
-        )
-        os.close(fd)
-    except OSError as e:
-        raise MofmeError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if probe is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(probe)
-        for made in created:  # deepest first
-            with contextlib.suppress(OSError):
-                made.rmdir()
+CKPT_HELP = "checkpoint (.safetensors), or image / video for the bundled weights"
+ROUTING_HELP = "expert selection: topk:K, topp:P[:KMIN[:KMAX]] or dense"
 
 
 def add_progress_argument(p: argparse.ArgumentParser) -> None:
@@ -115,45 +70,65 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def add_model_arguments(p: argparse.ArgumentParser, default_help: str) -> None:
-    """``CKPT`` positional (optional) plus ``--preset`` for an untrained model."""
-    p.add_argument(
-        "ckpt",
-        nargs="?",
-        default=None,
-        help=f"checkpoint (.safetensors), or image / video for the bundled weights; {default_help}",
-    )
+def add_model_arguments(
+    p: argparse.ArgumentParser, default_help: str, positional: bool = True
+) -> None:
+    """The model: ``CKPT`` (positional, optional) or, where the positional arguments are the
+    inputs, ``--ckpt``; plus ``--preset`` for an untrained model and ``--routing``."""
+    if positional:
+        p.add_argument("ckpt", nargs="?", default=None, help=f"{CKPT_HELP}; {default_help}")
+    else:
+        p.add_argument("--ckpt", default=None, help=f"{CKPT_HELP}; {default_help}")
     p.add_argument(
         "--preset", default=None, help="use an untrained preset (paper, small, tiny) instead"
     )
-    p.add_argument(
-        "--routing", default=None, help="expert selection: topk:K, topp:P[:KMIN[:KMAX]] or dense"
-    )
+    p.add_argument("--routing", default=None, help=ROUTING_HELP)
 
 
-def load_model(args: argparse.Namespace, device, default: str | None = None):
-    """Model from ``args.ckpt`` / ``args.preset`` / the bundled ``default`` weights, in eval mode."""
+def load_model(
+    ckpt: str | None,
+    device,  # torch.device
+    *,
+    preset: str | None = None,
+    routing: str | None = None,
+    default: str | None = None,
+):  # -> MoFMENet
+    """The model a command runs, on ``device`` in eval mode; every command's one way to it.
+
+    ``ckpt``: a checkpoint path, or ``image`` / ``video`` for the bundled weights (as in
+    ``mofme.load()``, SPEC §9); ``preset``: an untrained preset instead; neither: the bundled
+    ``default`` weights. ``routing`` replaces the checkpoint's expert selection.
+    """
     from mofme import checkpoint
+    from mofme.api import resolve_checkpoint
     from mofme.model.net import MoFMENet
 
-    if args.ckpt and getattr(args, "preset", None):
+    if ckpt and preset:
         raise MofmeError("give either a checkpoint or --preset, not both")
-    if getattr(args, "preset", None):
-        model = MoFMENet.from_preset(args.preset)
-    elif args.ckpt:
-        from mofme.api import resolve_checkpoint
-
-        # `image` / `video` name the bundled weights here as in mofme.load() (SPEC §9).
-        model = checkpoint.load(resolve_checkpoint(args.ckpt))
-    elif default is not None:
+    if preset:
+        model = MoFMENet.from_preset(preset)
+    elif ckpt:
+        model = checkpoint.load(resolve_checkpoint(ckpt))
+    elif default:
         from mofme.weights import bundled_path
 
         model = checkpoint.load(bundled_path(default))
     else:
         raise MofmeError("give a checkpoint or --preset")
-    if getattr(args, "routing", None):
-        model.set_routing(args.routing)
+    if routing:
+        model.set_routing(routing)
     return model.to(device).eval()
+
+
+def model_from_args(args: argparse.Namespace, device, default: str | None = None):  # -> MoFMENet
+    """:func:`load_model` from the arguments of :func:`add_model_arguments`."""
+    return load_model(
+        args.ckpt,
+        device,
+        preset=getattr(args, "preset", None),
+        routing=getattr(args, "routing", None),
+        default=default,
+    )
 
 
 def add_precision_argument(p: argparse.ArgumentParser) -> None:
@@ -168,4 +143,64 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
         help="auto (default, or $MOFME_PRECISION): measure fp32, bf16 autocast and int8 Linear "
         "layers once on this machine and model (cached in ~/.cache/mofme) and use the fastest "
         f"within {TOLERANCE_DB:g} dB of the fp32 output; fp32, bf16 or int8 (CPU) force one",
+    )
+
+
+def add_amp_argument(p: argparse.ArgumentParser) -> None:
+    """``--amp``: the older spelling of ``--precision fp32 / bf16``."""
+    p.add_argument(
+        "--amp",
+        choices=("none", "bf16"),
+        default=None,
+        help="older spelling of --precision fp32 / bf16 (bf16 autocast; the router stays fp32)",
+    )
+
+
+def add_tile_arguments(
+    p: argparse.ArgumentParser, tile_help: str, tile_type: type = int, default: object = None
+) -> None:
+    """``--tile`` / ``--overlap`` (checked by ``mofme.inference.options.check_tiling``)."""
+    p.add_argument("--tile", type=tile_type, default=default, help=tile_help)
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="tile overlap in pixels (default 32, at most half the tile)",
+    )
+
+
+def add_speed_arguments(p: argparse.ArgumentParser) -> None:
+    """Tiling and precision options shared by ``restore`` and ``video``."""
+    from mofme.inference.options import AUTO_MAX_PIXELS, AUTO_TILE
+
+    add_tile_arguments(
+        p,
+        "N: overlapping N×N tiles (less memory); 0: whole image in one pass; auto "
+        "(default): what the checkpoint's model card says is within 0.05 dB of the official "
+        f"240-pixel crops; without a card, whole image up to {AUTO_MAX_PIXELS / 2**20:g} MP, "
+        f"else {AUTO_TILE}-pixel tiles",
+        tile_type=str,
+        default="auto",
+    )
+    add_precision_argument(p)
+    add_amp_argument(p)
+    p.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory layout for all convs"
+    )
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="turn off the CPU fast paths (NNPACK Winograd convs, channels-last head); "
+        "they change outputs only by fp32 rounding",
+    )
+
+
+def add_max_pixels_argument(p: argparse.ArgumentParser) -> None:
+    """``--max-pixels``: raise (or lower) the pixel budget of the image readers."""
+    p.add_argument(
+        "--max-pixels",
+        default=None,
+        metavar="N",
+        help="largest image accepted, in pixels (e.g. 250M; 0: no limit); default: "
+        "$MOFME_MAX_PIXELS or 100M. Checked from the file header before decoding",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mofme.commands.common import add_device_argument, parse_size, resolve_device
+from mofme.commands.common import add_device_argument, load_model, parse_size, resolve_device
 
 HELP = "restore weathered images and a snowy clip with the bundled weights (no download)"
 
@@ -38,11 +38,9 @@ DEMO_FILES = (
 
 
 def run(args: argparse.Namespace) -> int:
-    from mofme import checkpoint
-    from mofme.api import resolve_checkpoint
-    from mofme.commands.common import check_writable, refuse_existing
     from mofme.demo import run_demo
     from mofme.errors import MofmeError
+    from mofme.outputs import check_writable, refuse_existing
 
     if args.frames < 1:
         raise MofmeError(f"--frames must be at least 1, got {args.frames}")
@@ -52,11 +50,8 @@ def run(args: argparse.Namespace) -> int:
     refuse_existing([out / name for name in DEMO_FILES], args.overwrite)
     check_writable(out, folder=True)
     device = resolve_device(args.device)
-    image_model = checkpoint.load(resolve_checkpoint(args.image_ckpt or "image"), device)
-    video_model = checkpoint.load(resolve_checkpoint(args.video_ckpt or "video"), device)
-    if args.routing:
-        for m in (image_model, video_model):
-            m.set_routing(args.routing)
+    image_model = load_model(args.image_ckpt or "image", device, routing=args.routing)
+    video_model = load_model(args.video_ckpt or "video", device, routing=args.routing)
     res = run_demo(image_model, video_model, out, parse_size(args.size), args.frames)
     print(f"\ndone in {res.seconds:.0f} s; wrote")
     for name, path in res.files.items():

@@ -72,10 +72,10 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
     import tempfile
 
-    from mofme import checkpoint
     from mofme.api import resolve_checkpoint
-    from mofme.commands.common import check_writable, refuse_existing, resolve_device
+    from mofme.commands.common import load_model, resolve_device
     from mofme.export import CHECK_SIZES, TOLERANCE, check_onnx, export_onnx, onnx_opset
+    from mofme.outputs import check_writable, refuse_existing
 
     out = Path(args.output)
     if out.suffix.lower() != ".onnx":
@@ -84,9 +84,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out)  # now, not after the export
     device = resolve_device(args.device)
     path = resolve_checkpoint(args.ckpt)
-    model = checkpoint.load(path)
-    if args.routing:
-        model.set_routing(args.routing)
+    # Exported from the CPU copy; --device is where the PyTorch reference of the check runs.
+    model = load_model(str(path), "cpu", routing=args.routing)
     cfg = model.cfg
     print(
         f"{path.name}: {cfg.in_channels}-channel input, dim {cfg.dim}, depth {cfg.depth}, "

@@ -8,6 +8,7 @@ import json
 from mofme.commands.common import (
     add_device_argument,
     add_model_arguments,
+    model_from_args,
     parse_size,
     resolve_device,
 )
@@ -23,12 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mofme.commands.common import load_model
     from mofme.model.analysis import active_params_per_token, count_flops, param_counts
 
     device = resolve_device(args.device)
     # No argument: the model a newcomer actually runs (restore's default), not an untrained preset.
-    model = load_model(args, device, default="image")
+    model = model_from_args(args, device, default="image")
     size = parse_size(args.size)
     cfg = model.cfg
     counts = param_counts(model)

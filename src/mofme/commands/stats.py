@@ -16,6 +16,8 @@ from mofme.commands.common import (
     add_device_argument,
     add_model_arguments,
     add_progress_argument,
+    add_tile_arguments,
+    model_from_args,
     resolve_device,
     want_progress,
 )
@@ -53,10 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-frames", type=int, default=None, help="use at most N frames per video")
     p.add_argument("--max-images", type=int, default=None, help="use at most N images per group")
-    p.add_argument("--tile", type=int, default=None, help="tiled inference with this tile side")
-    p.add_argument(
-        "--overlap", type=int, default=None, help="tile overlap in pixels (default min(32, tile/2))"
-    )
+    add_tile_arguments(p, "tiled inference with this tile side (default: whole images)")
     p.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
     add_progress_argument(p)
     add_device_argument(p)
@@ -71,23 +70,15 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _overlap(tile: int | None, overlap: int | None) -> int:
-    if overlap is None:
-        return min(32, tile // 2) if tile else 32
-    if overlap < 0 or (tile and overlap >= tile):
-        raise MofmeError(f"--overlap must be >= 0 and smaller than --tile, got {overlap}")
-    return overlap
-
-
 def run(args: argparse.Namespace) -> int:
-    from mofme.commands.common import load_model
     from mofme.data.datasets import detect_layout, find_pairs, find_videos
+    from mofme.inference.options import check_tiling
+    from mofme.outputs import check_writable, refuse_existing
     from mofme.stats import collect_images, collect_video, to_markdown, write_report
 
-    for name in ("max_frames", "max_images", "tile"):
+    for name in ("max_frames", "max_images"):
         _check_positive("--" + name.replace("_", "-"), getattr(args, name))
-    overlap = _overlap(args.tile, args.overlap)
-    from mofme.commands.common import check_writable, refuse_existing
+    tile, overlap = check_tiling(args.tile, args.overlap, auto=False)
 
     out = Path(args.out)
     refuse_existing([out / name for name in REPORT_FILES], args.overwrite)
@@ -103,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     # The bundled model that fits the data: a video model cannot run on image pairs.
     bundled = "video" if layout == "rvsd" else "image"
-    model = load_model(args, device, default=bundled)
+    model = model_from_args(args, device, default=bundled)
     cfg = model.cfg
     if layout != "rvsd" and cfg.in_channels != 3:
         raise MofmeError(
@@ -112,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
         )
     progress = want_progress(args)
     if layout == "rvsd":
-        stats = collect_video(model, videos, tile=args.tile, device=device, overlap=overlap,
+        stats = collect_video(model, videos, tile=tile or None, device=device, overlap=overlap,
                               max_frames=args.max_frames, progress=progress)  # fmt: skip
         amount = f"{_count(len(videos), 'video')}, {_count(stats.samples('all'), 'frame')}"
     else:
-        stats = collect_images(model, pairs, tile=args.tile, device=device, overlap=overlap,
+        stats = collect_images(model, pairs, tile=tile or None, device=device, overlap=overlap,
                                max_images=args.max_images, progress=progress)  # fmt: skip
         amount = _count(stats.samples("all"), "image")
     summary = stats.summary()
@@ -130,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
         "routing": cfg.routing.describe(),
         "data": f"{root} (layout {layout}, split {split or '-'}; {amount})",
     }
-    if args.tile:
-        summary["meta"]["tiles"] = f"{args.tile} px, overlap {overlap} px"
+    if tile:
+        summary["meta"]["tiles"] = f"{tile} px, overlap {overlap} px"
     paths = write_report(summary, Path(args.out))
     print(to_markdown(summary), end="")
     print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)

@@ -113,8 +113,8 @@ def _share(args: argparse.Namespace) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     """Write the requested dataset; print where it went. Returns the exit code."""
-    from mofme.commands.common import check_writable
     from mofme.data.synth import contact_sheet, write_allweather, write_benchmark, write_rvsd
+    from mofme.outputs import check_writable
 
     size = parse_size(args.size)
     if args.workers < 1:

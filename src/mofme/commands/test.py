@@ -13,14 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from mofme.commands.common import (
+    add_amp_argument,
     add_device_argument,
+    add_max_pixels_argument,
     add_model_arguments,
     add_precision_argument,
     add_progress_argument,
+    add_tile_arguments,
+    model_from_args,
     parse_size,
+    resolve_device,
     want_progress,
 )
-from mofme.commands.restore import add_max_pixels_option
 from mofme.data.datasets import find_image_pairs
 from mofme.errors import MofmeError
 
@@ -66,15 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="resize input and ground truth to WIDTHxHEIGHT (bicubic) before evaluating; "
         "720x480 is the official MoFME protocol (default: full resolution)",
     )
-    p.add_argument("--tile", type=int, default=None, help="restore in tiles of N pixels")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
+    add_tile_arguments(p, "restore in tiles of N pixels (default: whole images)")
     add_precision_argument(p)
-    p.add_argument(
-        "--amp",
-        choices=("none", "bf16"),
-        default=None,
-        help="older spelling of --precision fp32 / bf16",
-    )
+    add_amp_argument(p)
     p.add_argument("--save-images", default=None, metavar="DIR", help="write restored images here")
     p.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON")
     p.add_argument(
@@ -114,7 +112,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace an existing --out / --plot file and images in a non-empty --save-images",
     )
-    add_max_pixels_option(p)
+    add_max_pixels_argument(p)
     add_device_argument(p)
     # --routing (from add_model_arguments) also takes a comma list here: a routing sweep.
 
@@ -151,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 def check_outputs(args: argparse.Namespace, sweep: bool) -> None:
     """Apply the overwrite rule and check that every output can be written, before evaluating
     (an evaluation can take hours; a typo in --out must not cost them)."""
-    from mofme.commands.common import check_writable, refuse_existing
+    from mofme.outputs import check_writable, refuse_existing
 
     files = [Path(args.out)] if args.out else []
     plot = args.plot or (
@@ -181,7 +179,6 @@ def _show_warning(message: Any, category: Any, filename: Any, lineno: Any, *rest
 
 def _run(args: argparse.Namespace) -> int:
     from mofme.checkpoint import atomic_write
-    from mofme.commands.common import load_model, resolve_device
     from mofme.data.datasets import detect_layout, find_videos
     from mofme.evaluate import (
         InputAsOutput,
@@ -192,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
         routing_sweep,
         sweep_markdown,
     )
+    from mofme.inference.options import InferenceOptions, apply_precision_option
     from mofme.model.config import parse_routing
 
     root = Path(args.data)
@@ -199,8 +197,9 @@ def _run(args: argparse.Namespace) -> int:
         raise MofmeError(f"data root {root} does not exist")
     if args.max_images is not None and args.max_images < 1:
         raise MofmeError(f"--max-images must be >= 1, got {args.max_images}")
-    if args.tile is not None and not 0 <= args.overlap < args.tile:
-        raise MofmeError(f"--overlap must be in [0, --tile), got {args.overlap} with {args.tile}")
+    options = InferenceOptions(
+        tile=args.tile, overlap=args.overlap, precision=args.precision, amp=args.amp
+    )
     resize = parse_resize(args.resize)
     flops_size = None if args.flops_size.lower() == "none" else parse_size(args.flops_size)
 
@@ -223,21 +222,20 @@ def _run(args: argparse.Namespace) -> int:
         groups = sorted({p.group for p in pairs})
         items = f"{len(pairs)} images in {len(groups)} test set(s)"
 
-    from mofme.commands.common import apply_precision_option
     from mofme.inference.distributed import init_ranks, merge_eval_results, prepare_on_ranks
 
     # Under torchrun each rank evaluates its share of the images / videos (rank::world);
     # rank 0 merges the records into the one table a single process would print.
     ranks, device = init_ranks(resolve_device(args.device))
-    model = load_model(args, device, default="video" if layout == "rvsd" else "image")
+    model = model_from_args(args, device, default="video" if layout == "rvsd" else "image")
     # --official-crops is the fp32 reference: never probe or convert it.
-    if args.official_crops and args.precision == "auto":
-        args.precision = "fp32"
+    if args.official_crops and options.precision == "auto":
+        options.precision = "fp32"
     chosen = prepare_on_ranks(
         lambda: apply_precision_option(
-            model, args, device, log=lambda m: print(m, file=sys.stderr)
+            model, options, device, log=lambda m: print(m, file=sys.stderr)
         ),
-        args,
+        options,
         ranks,
     )
     source = args.ckpt or (f"preset {args.preset} (untrained)" if args.preset else "bundled")
@@ -248,10 +246,10 @@ def _run(args: argparse.Namespace) -> int:
 
     def run_once(save_dir: str | None = args.save_images, net: Any = model) -> Any:
         common = dict(
-            tile=args.tile,
-            overlap=args.overlap,
+            tile=options.tile or None,
+            overlap=options.overlap,
             device=device,
-            amp=args.amp,
+            amp=options.amp,
             save_dir=save_dir,
             progress=want_progress(args),
             strict=args.strict,

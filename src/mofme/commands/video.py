@@ -10,18 +10,14 @@ from pathlib import Path
 
 from mofme.commands.common import (
     add_device_argument,
+    add_model_arguments,
     add_progress_argument,
+    add_speed_arguments,
+    model_from_args,
     resolve_device,
     want_progress,
 )
-from mofme.commands.restore import add_model_options, add_speed_options
 from mofme.errors import MofmeError
-from mofme.inference.options import (
-    batch_tiles_for,
-    check_speed_options,
-    prepare_model,
-    tile_for,
-)
 
 # Frame rates above this are typos (or inf), and would make the encoder's time base degenerate.
 MAX_FPS = 1000.0
@@ -38,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="OUTPUT",
         help="video file (.mp4, .mkv, .mov: H.264; .avi: MPEG-4) or a folder for PNG frames",
     )
-    add_model_options(p, "default: the bundled video desnowing model")
-    add_speed_options(p)
+    add_model_arguments(p, "default: the bundled video desnowing model", positional=False)
+    add_speed_arguments(p)
     p.add_argument(
         "--fps",
         type=float,
@@ -86,11 +82,11 @@ def _peak_memory_mb(device) -> str:  # device: torch.device
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mofme.commands.common import load_model
+    from mofme.inference.options import InferenceOptions
     from mofme.inference.video import restore_video_file
     from mofme.inference.videoio import probe
 
-    check_speed_options(args)
+    options = InferenceOptions.from_args(args, routing=None)  # load_model applies --routing
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
         raise MofmeError(f"cannot read video {src}: no such file or folder")
@@ -101,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
         raise MofmeError(f"--fps must be between 0.01 and {MAX_FPS}, got {args.fps}")
     if not 0 <= args.crf <= 51:
         raise MofmeError(f"--crf must be in [0, 51] (H.264 quality), got {args.crf}")
-    from mofme.commands.common import check_writable
     from mofme.data.io import remove_stale_temps
     from mofme.inference.videoio import check_output_name, is_video_file
+    from mofme.outputs import check_writable
 
     # A bad or unwritable output fails now, not after the first frames; temp files left by
     # killed runs go.
@@ -114,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
     fps = Fraction(args.fps).limit_denominator(100_000) if args.fps else info.fps or Fraction(25)
 
     device = resolve_device(args.device)
-    model = load_model(args, device, default="video")
-    chosen = prepare_model(model, args, device, log=lambda m: print(m, file=sys.stderr))
+    model = model_from_args(args, device, default="video")
+    chosen = options.prepare(model, device, log=lambda m: print(m, file=sys.stderr))
     print(chosen.note, file=sys.stderr)
     reference = model.cfg.in_channels == 6
     mode = "reference frame" if reference else "frame by frame (image model)"
@@ -143,11 +139,11 @@ def run(args: argparse.Namespace) -> int:
             model,
             src,
             dst,
-            tile=tile_for(args, info.height, info.width, model),
-            overlap=args.overlap,
-            amp=args.amp,
-            channels_last=args.channels_last,
-            batch_tiles=batch_tiles_for(device),
+            tile=options.tile_for(info.height, info.width, model),
+            overlap=options.overlap,
+            amp=options.amp,
+            channels_last=options.channels_last,
+            batch_tiles=options.batch_tiles_on(device),
             fps=Fraction(args.fps).limit_denominator(100_000) if args.fps else None,
             side_by_side=args.side_by_side,
             crf=args.crf,

@@ -117,7 +117,7 @@ def merge_eval_results(parts: list[Any], order: list[str], model: Any) -> Any:
     videos) in the unsharded order: records are put back in it and re-indexed within their
     group, so the merged table equals a single process's.
     """
-    from mofme.evaluate import _summarise
+    from mofme.results import summarise
 
     first = parts[0]
     rank_of = {key: i for i, key in enumerate(order)}
@@ -135,4 +135,4 @@ def merge_eval_results(parts: list[Any], order: list[str], model: Any) -> Any:
             position[r.group] = r.index + 1
     failed = [f for p in parts for f in p.failed]
     meta = dict(first.meta, ranks=len(parts))
-    return _summarise(first.kind, records, failed, model, first.flops_size, meta)
+    return summarise(first.kind, records, failed, model, first.flops_size, meta)

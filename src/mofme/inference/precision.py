@@ -5,7 +5,7 @@ on CPUs with AVX-512 BF16 or AMX and on recent GPUs, and tens of times *slower* 
 without native bf16; dynamic int8 Linear layers pay where the token-wise matmuls dominate and
 the CPU has VNNI. So ``probe`` runs the model itself (its real layer shapes, at a small probe
 size) in each candidate precision, interleaving the candidates over a few rounds (see
-``mofme.bench.time_interleaved``) and picks the fastest one whose output stays within
+``mofme.inference.timing.time_interleaved``) and picks the fastest one whose output stays within
 tolerance of the fp32 output. Candidates: ``fp32``, ``bf16`` (autocast; the router stays fp32),
 ``int8`` (dynamic int8 Linear layers, CPU only; ``mofme.inference.fast.quantize_int8``).
 
@@ -182,21 +182,16 @@ def bf16_supported(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
-def _autocast(device: torch.device, amp: str):  # -> context manager
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def candidate_forwards(
     model: nn.Module, device: torch.device, skipped: dict[str, str]
 ) -> dict[str, Callable[[Tensor], Tensor]]:
     """``{precision: forward}`` for every candidate that can run on ``device``."""
     from mofme.inference.fast import NNPackConv2d, int8_usable, quantize_int8, undo_optimize
+    from mofme.inference.tiling import autocast_context
 
     def with_amp(m: nn.Module, amp: str) -> Callable[[Tensor], Tensor]:
         def run(x: Tensor) -> Tensor:
-            with _autocast(device, amp):
+            with autocast_context(device, amp):
                 return m(x).float()
 
         return run
@@ -262,8 +257,8 @@ def probe(
     ``candidates`` replaces the built-in ones (tests inject a fast but inaccurate path).
     ``size`` / ``rounds`` default to ``PROBE_SIZE`` / ``PROBE_ROUNDS``.
     """
-    from mofme.bench import _median, bench_input, paired_ratios, time_interleaved
     from mofme.inference.tiling import eval_mode, model_device
+    from mofme.inference.timing import bench_input, median, paired_ratios, time_interleaved
     from mofme.metrics import psnr
 
     device = torch.device(device) if device is not None else model_device(model)
@@ -293,8 +288,8 @@ def probe(
             {n: (lambda f=f: f(x)) for n, f in cands.items()}, 0, rounds, device
         )
     ratios = paired_ratios(times, "fp32")
-    ms = {n: _median(t) * 1e3 for n, t in times.items()}
-    speedup = {n: _median(r) for n, r in ratios.items()}
+    ms = {n: median(t) * 1e3 for n, t in times.items()}
+    speedup = {n: median(r) for n, r in ratios.items()}
     psnr_db = {n: min(float(psnr(o, outs["fp32"])[0]), 999.0) for n, o in outs.items()}
     choice, reason = choose(ms, speedup, psnr_db)
     result = ProbeResult(choice, reason, ms, speedup, psnr_db, skipped, TOLERANCE_DB, size, key)

@@ -226,27 +226,37 @@ def official_boxes(h: int, w: int, crop: int = 240) -> list[tuple[int, int, int,
     return [(y0, x0, ch, cw) for y0 in ys for x0 in xs]
 
 
-def official_crops(model: nn.Module, x: Tensor, crop: int = 240) -> Tensor:
+@contextmanager
+def expert_impl(model: nn.Module, impl: str | None) -> Iterator[None]:
+    """Run with the experts computed as ``impl`` (``"dense"`` / ``"sparse"``; ``None``: as they
+    are), restoring the model's own setting afterwards. A model without the setting (not a
+    ``MoFMENet``) runs unchanged."""
+    old = getattr(model, "cfg", None) and model.cfg.expert_impl  # type: ignore[union-attr]
+    if impl is None or not old:
+        yield
+        return
+    model.set_expert_impl(impl)  # type: ignore[operator]
+    try:
+        yield
+    finally:
+        model.set_expert_impl(old)  # type: ignore[operator]
+
+
+def official_crops(model: nn.Module, x: Tensor, crop: int = 240, dense: bool = True) -> Tensor:
     """The official MoFME evaluation of ``x`` ``(B, C_in, H, W)`` -> ``(B, 3, H, W)``.
 
     Each crop of ``official_boxes`` is run on its own (batch of one crop), with dense experts
-    (every expert on every token, as the official code computes them) in fp32; the overlapping
-    outputs are averaged with equal weights.
+    (every expert on every token, as the official code computes them; ``dense=False`` keeps the
+    model's own, e.g. sparse, experts) in the caller's precision (fp32 unless in autocast); the
+    overlapping outputs are averaged with equal weights.
     """
     device = model_device(model)
     x = x.to(device=device, dtype=torch.float32)
     b, _, h, w = x.shape
-    old_impl = getattr(model, "cfg", None) and model.cfg.expert_impl  # type: ignore[union-attr]
-    if old_impl:
-        model.set_expert_impl("dense")  # type: ignore[operator]
-    try:
-        with eval_mode(model), torch.inference_mode():
-            out = torch.zeros(b, 3, h, w, device=device)
-            count = torch.zeros(1, 1, h, w, device=device)
-            for y0, x0, ch, cw in official_boxes(h, w, crop):
-                out[:, :, y0 : y0 + ch, x0 : x0 + cw] += model(x[:, :, y0 : y0 + ch, x0 : x0 + cw])
-                count[:, :, y0 : y0 + ch, x0 : x0 + cw] += 1
-            return out / count
-    finally:
-        if old_impl:
-            model.set_expert_impl(old_impl)  # type: ignore[operator]
+    with expert_impl(model, "dense" if dense else None), eval_mode(model), torch.inference_mode():
+        out = torch.zeros(b, 3, h, w, device=device)
+        count = torch.zeros(1, 1, h, w, device=device)
+        for y0, x0, ch, cw in official_boxes(h, w, crop):
+            out[:, :, y0 : y0 + ch, x0 : x0 + cw] += model(x[:, :, y0 : y0 + ch, x0 : x0 + cw])
+            count[:, :, y0 : y0 + ch, x0 : x0 + cw] += 1
+        return out / count

@@ -35,6 +35,18 @@ def model_in_channels(model: nn.Module) -> int:
     return int(cfg.in_channels) if cfg is not None else 3
 
 
+def with_reference(frame: Tensor, reference: Tensor | None = None) -> Tensor:
+    """A video model's input ``(B, 6, H, W)``: ``frame`` and its reference (the previous
+    restored frame), all zeros for a first frame (``reference=None``), as in training."""
+    return torch.cat([frame, torch.zeros_like(frame) if reference is None else reference], 1)
+
+
+def still_input(x: Tensor, in_channels: int) -> Tensor:
+    """The input for a still image ``(B, 3, H, W)``: itself for an image model, a first frame
+    (zero reference) for a 6-channel video model."""
+    return with_reference(x) if in_channels == 6 else x
+
+
 class VideoRestorer:
     """Restore a video one frame at a time.
 
@@ -80,11 +92,9 @@ class VideoRestorer:
         self._previous = None
         self.frames_done = 0
 
-    def reference_for(self, frame: Tensor) -> Tensor:
-        """The reference frame ``(1, 3, H, W)`` the next ``step`` will use (zeros at the start)."""
-        if self._previous is None:
-            return torch.zeros_like(frame)
-        if self._previous.shape != frame.shape:
+    def reference_for(self, frame: Tensor) -> Tensor | None:
+        """The reference ``(1, 3, H, W)`` the next ``step`` will use (``None``: all zeros)."""
+        if self._previous is not None and self._previous.shape != frame.shape:
             raise ValueError(
                 f"frame size changed from {tuple(self._previous.shape[-2:])} to "
                 f"{tuple(frame.shape[-2:])} within one sequence; call reset() between videos"
@@ -96,7 +106,7 @@ class VideoRestorer:
         if frame.ndim != 4 or frame.shape[:2] != (1, 3):
             raise ValueError(f"expected a frame (1, 3, H, W), got {tuple(frame.shape)}")
         frame = frame.to(device=self.device, dtype=torch.float32)
-        inp = torch.cat([frame, self.reference_for(frame)], 1) if self.uses_reference else frame
+        inp = with_reference(frame, self.reference_for(frame)) if self.uses_reference else frame
         out = restore_image(
             self.model,
             inp,

@@ -9,9 +9,11 @@ norms and activations are not counted (they are < 2 % here).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from mofme.model.net import MoFMENet
@@ -39,6 +41,20 @@ def _part_of(name: str) -> str:
     if ".fme.ffn." in name:
         return "ffn"
     return "fme_base"
+
+
+def active_experts(weights: Tensor) -> Tensor:
+    """Experts with a nonzero routing weight, per token: ``(..., E)`` -> ``(...)`` (int64).
+
+    The one count of "active experts" (evaluation, routing statistics, bench, training logs).
+    """
+    return (weights > 0).sum(-1)
+
+
+def mean_active_experts(weights_per_layer: Sequence[Tensor]) -> float:
+    """Active experts per token, averaged over the tokens of each layer, then over layers."""
+    active = [float(active_experts(w).float().mean()) for w in weights_per_layer]
+    return sum(active) / max(len(active), 1)
 
 
 def param_counts(model: MoFMENet) -> dict[str, int]:
@@ -105,5 +121,4 @@ def count_flops(
     parts["experts"] = experts
     parts["unpatch"] = flops("MoFMENet.unpatch")
     parts["tail"] = flops("MoFMENet.tail")
-    active = [float((w > 0).sum(-1).float().mean()) for w in model.routing_weights()]
-    return FlopReport(total, parts, sum(active) / max(len(active), 1))
+    return FlopReport(total, parts, mean_active_experts(model.routing_weights()))
