@@ -19,16 +19,17 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mofme.cli import main as cli_main
-from mofme.config import from_dict
+from mofme.config import from_dict, to_dict
 from mofme.errors import MofmeError
+from mofme.model.net import MoFMENet
 from mofme.train import (
     EpochBatchSampler,
     Trainer,
     TrainRunConfig,
-    build_model_config,
     load_config,
     lr_at,
     model_input,
+    resolve_model,
     train,
 )
 
@@ -152,7 +153,7 @@ def test_set_override_and_types(tmp_path: Path) -> None:
     path.write_text("model: {preset: tiny}\ndata: {root: d}\ntrain: {steps: 10}\n")
     cfg = load_config(path, ["train.lr=1e-3", "model.router=uar", "model.routing=topp:0.6"])
     assert cfg.train.lr == 1e-3
-    mcfg = cfg.model_config()
+    mcfg = cfg.model
     assert mcfg.router == "uar" and mcfg.routing.selection == "topp" and mcfg.routing.p == 0.6
     assert mcfg.dim == 64  # the tiny preset's
     for bad, key in (
@@ -167,9 +168,7 @@ def test_set_override_and_types(tmp_path: Path) -> None:
 
 
 def test_model_overrides_merge_routing() -> None:
-    mcfg = build_model_config(
-        {"preset": "paper", "in_channels": 6, "routing": {"selection": "topp"}}
-    )
+    mcfg = resolve_model({"preset": "paper", "in_channels": 6, "routing": {"selection": "topp"}})
     assert (mcfg.dim, mcfg.in_channels, mcfg.routing.selection, mcfg.routing.k) == (
         384,
         6,
@@ -178,10 +177,60 @@ def test_model_overrides_merge_routing() -> None:
     )
 
 
+def test_balance_loss_is_a_model_field(tmp_path: Path) -> None:
+    base = {"data": {"root": "d"}, "train": {"steps": 1}}
+    cfg = from_dict(TrainRunConfig, {**base, "model": {"preset": "tiny", "balance_loss": "cv2"}})
+    assert cfg.model.balance_loss == "cv2"
+    assert all(layer.balance_loss == "cv2" for layer in MoFMENet(cfg.model).fme_layers)
+    # train.balance_loss, its old place, still in the config.yaml of older runs, moves over.
+    old = {"model": {"preset": "tiny"}, "data": {"root": "d"}, "train": {"steps": 1}}
+    old["train"]["balance_loss"] = "cv2"
+    assert from_dict(TrainRunConfig, old).model == cfg.model
+    old["model"]["balance_loss"] = "switch"
+    with pytest.raises(MofmeError, match="contradicts"):
+        from_dict(TrainRunConfig, old)
+    # The saved config holds the resolved model and reloads to the same run.
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert "preset" not in to_dict(cfg)["model"] and load_config(path) == cfg
+
+
+def test_cli_flags_are_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--steps / --out / --device go through the loader like --set: a config without a length
+    is complete with --steps, and a bad flag value is refused by the same check."""
+    import mofme.train
+
+    seen: list[TrainRunConfig] = []
+    monkeypatch.setattr(
+        mofme.train, "train", lambda cfg, **kw: seen.append(cfg) or {"interrupted": None}
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {preset: tiny}\ndata: {root: d}\ntrain: {epochs: 2}\n")
+    argv = ["train", str(path), "--steps", "7", "--out", str(tmp_path / "o: x"), "--device", "cpu"]
+    assert cli_main(argv) == 0
+    cfg = seen[0]
+    assert (cfg.train.steps, cfg.train.epochs, cfg.out, cfg.train.device) == (
+        7, None, str(tmp_path / "o: x"), "cpu",
+    )  # fmt: skip
+    assert cli_main(["train", str(path), "--steps", "0"]) == 2
+
+
+def test_items_draw_from_their_own_generator(image_root: Path) -> None:
+    """An item is a function of (seed, epoch, index) and leaves the global RNG alone."""
+    from mofme.data.datasets import PairedImageDataset, find_pairs
+    from mofme.training.sampling import EpochSeeded
+
+    items = EpochSeeded(PairedImageDataset(find_pairs(image_root, "mofme", "train"), crop=16), 3)
+    before = torch.get_rng_state()
+    a, b, c = items[(2, 0)], items[(2, 0)], items[(2, 1)]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(a["input"], b["input"]) and not torch.equal(a["input"], c["input"])
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_repo_configs_load(path: Path) -> None:
     cfg = load_config(path)
-    channels = cfg.model_config().in_channels
+    channels = cfg.model.in_channels
     assert channels == 3 if cfg.data.kind == "image" else channels in (3, 6)
     expected = {"rvsd_video.yaml": 6, "bundled_video.yaml": 6, "bundled_image.yaml": 3}
     assert channels == expected.get(path.name, channels)

@@ -1,7 +1,14 @@
 """Strict YAML -> typed dataclass loading with ``key.sub=value`` command-line overrides.
 
 Unknown keys are errors (a typo must not silently fall back to a default), values are checked
-against the field's annotated type, and nested dataclasses map onto nested mappings.
+against the field's annotated type, and nested dataclasses map onto nested mappings. Every
+config of the project goes through :func:`from_dict`, checked once by the class's
+``validate()``. Two optional class hooks cover the spellings that are not plain fields:
+
+* ``from_spec(text)`` (classmethod): a string accepted for a nested dataclass field, e.g.
+  ``RoutingConfig``'s ``topk:4``;
+* ``prepare_mapping(data, where)`` (classmethod): rewrites the raw mapping before the strict
+  checks, e.g. ``TrainRunConfig``'s model section written as a preset plus overrides.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if isinstance(value, str) and hasattr(tp, "from_spec"):
+            return tp.from_spec(value)
         if not isinstance(value, dict):
             raise MofmeError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where)
@@ -84,6 +93,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ``MofmeError``."""
+    if not isinstance(data, dict):
+        raise MofmeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    prepare = getattr(cls, "prepare_mapping", None)
+    if prepare is not None:
+        data = prepare(data, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))

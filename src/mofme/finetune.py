@@ -31,7 +31,15 @@ from mofme.model.net import MoFMENet
 # change which weights exist or what they compute (routing and dropout are run-time choices;
 # in_channels 3 -> 6 is handled by zero-extending the first conv).
 FREE_FIELDS = frozenset(
-    {"routing", "expert_impl", "dropout", "attn_dropout", "ffn_out_dropout", "topk_ties"}
+    {
+        "routing",
+        "expert_impl",
+        "dropout",
+        "attn_dropout",
+        "ffn_out_dropout",
+        "topk_ties",
+        "balance_loss",
+    }
 )
 FIRST_CONV = "head.0.weight"
 

@@ -84,19 +84,18 @@ def run(args: argparse.Namespace) -> int:
         if not (args.resume and args.out):
             raise MofmeError("give a config file (or --resume --out DIR to reuse DIR/config.yaml)")
         path = Path(args.out) / "config.yaml"
+    # The flags are overrides like --set (after them, so they win): the config is loaded and
+    # checked once, with them. JSON quoting keeps a path a YAML string whatever it looks like.
     overrides = list(args.overrides)
     if args.init is not None:
-        # Before loading: "model.preset: init" needs train.init to build the model config.
-        # JSON quoting keeps the path a YAML string whatever it looks like.
         overrides.append(f"train.init={json.dumps(args.init)}")
-    cfg = load_config(path, overrides)
     if args.out is not None:
-        cfg.out = args.out
+        overrides.append(f"out={json.dumps(args.out)}")
     if args.steps is not None:
-        cfg.train.steps, cfg.train.epochs = args.steps, None
+        overrides += [f"train.steps={args.steps}", "train.epochs=null"]
     if args.device is not None:
-        cfg.train.device = args.device
-    cfg.validate()
+        overrides.append(f"train.device={json.dumps(args.device)}")
+    cfg = load_config(path, overrides)
     result = train(
         cfg,
         resume=args.resume,

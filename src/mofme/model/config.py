@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mofme.config import from_dict
 from mofme.errors import MofmeError
 
 ROUTERS = ("linear", "uar")
@@ -20,6 +21,7 @@ EXPERT_IMPLS = ("sparse", "dense")
 UNPATCH_KINDS = ("linear", "overlap")
 UNPATCH_ORDERS = ("c p1 p2", "p1 p2 c")
 INPUT_RANGES = ("unit", "signed")
+BALANCE_LOSSES = ("switch", "cv2")
 
 
 @dataclass
@@ -48,6 +50,11 @@ class RoutingConfig:
                     f"top-p routing needs 1 <= k_min <= k_max <= {num_experts}, "
                     f"got k_min={self.k_min}, k_max={self.k_max}"
                 )
+
+    @classmethod
+    def from_spec(cls, spec: str) -> RoutingConfig:
+        """The command-line spelling (``topk:4``, ...): the config loader accepts it too."""
+        return parse_routing(spec)
 
     def describe(self) -> str:
         if self.selection == "topk":
@@ -106,6 +113,9 @@ class ModelConfig:
     # "overlap" (a transposed conv, kernel 2P stride P: every pixel blends the 4 nearest
     # tokens, which removes the grid on flat areas). The paper presets keep "linear".
     unpatch: str = "linear"
+    # Load-balancing loss of training (weight train.balance_weight): switch (E·Σ f_e·P_e − 1)
+    # or cv2 (squared coefficients of variation of expert importance and load)
+    balance_loss: str = "switch"
     # -- options that reproduce the official MoFME code exactly (the ``official`` preset) -----
     # Router slot 0 is the parameter-free GELU(y) of the shared base output instead of a FiLM
     # expert (the official forward reads ``ff_list[idx + 2]`` with ``ff_list = [LayerNorm,
@@ -138,6 +148,10 @@ class ModelConfig:
         if self.unpatch_order not in UNPATCH_ORDERS:
             raise MofmeError(
                 f"unknown unpatch_order {self.unpatch_order!r}; use one of {UNPATCH_ORDERS}"
+            )
+        if self.balance_loss not in BALANCE_LOSSES:
+            raise MofmeError(
+                f"unknown balance_loss {self.balance_loss!r}; use one of {BALANCE_LOSSES}"
             )
         if self.input_range not in INPUT_RANGES:
             raise MofmeError(f"unknown input_range {self.input_range!r}; use one of {INPUT_RANGES}")
@@ -178,36 +192,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        # Typed like a training config (checkpoint metadata is user input too: a config with
-        # ``"global_residual": "yes"`` or ``"dim": "64"`` must be refused, not half-built).
-        from mofme.config import coerce
-
-        if not isinstance(d, dict):
-            raise MofmeError(f"model config must be a mapping, got {type(d).__name__}")
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise MofmeError(f"unknown model config keys: {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        routing = d.pop("routing", {})
-        d = {k: coerce(v, hints[k], f"model config {k}") for k, v in d.items()}
-        if isinstance(routing, dict):
-            r_known = {f.name for f in dataclasses.fields(RoutingConfig)}
-            r_unknown = sorted(set(routing) - r_known)
-            if r_unknown:
-                raise MofmeError(f"unknown routing config keys: {', '.join(r_unknown)}")
-            r_hints = typing.get_type_hints(RoutingConfig)
-            routing = RoutingConfig(
-                **{k: coerce(v, r_hints[k], f"routing config {k}") for k, v in routing.items()}
-            )
-        elif isinstance(routing, str):
-            routing = parse_routing(routing)  # the command-line spelling, e.g. "topk:4"
-        elif not isinstance(routing, RoutingConfig):
-            raise MofmeError(f"routing config must be a mapping, got {routing!r}")
-        cfg = cls(**d, routing=routing)
-        cfg.validate()
-        return cfg
+        """Strictly typed, like a training config: checkpoint metadata is user input too (a
+        config with ``"global_residual": "yes"`` or ``"dim": "64"`` is refused, not half-built);
+        fields missing from an older file take their defaults."""
+        return from_dict(cls, d, "model config")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -237,17 +225,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def build_config(
+    base: Mapping[str, Any], overrides: Mapping[str, Any], where: str = "model config"
+) -> ModelConfig:
+    """``base`` (a preset, or a checkpoint's config, as a mapping) with ``overrides`` on top,
+    through the strict loader. ``routing`` in ``overrides``: a mapping is merged over the
+    base's, a spec such as ``topp:0.6`` or a ``RoutingConfig`` replaces it."""
+    merged: dict[str, Any] = json.loads(json.dumps(dict(base)))  # no aliasing of PRESETS
+    for key, value in overrides.items():
+        if key == "routing" and isinstance(value, RoutingConfig):
+            value = dataclasses.asdict(value)
+        elif key == "routing" and isinstance(value, dict):
+            value = {**merged.get("routing", {}), **value}
+        merged[key] = value
+    return from_dict(ModelConfig, merged, where)
+
+
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
     """Build a preset config; ``overrides`` replace fields (``routing`` may be a dict or spec)."""
     if name not in PRESETS:
         raise MofmeError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    d: dict[str, Any] = json.loads(json.dumps(PRESETS[name]))
-    routing = overrides.pop("routing", None)
-    d.update(overrides)
-    if isinstance(routing, str):
-        d["routing"] = dataclasses.asdict(parse_routing(routing))
-    elif isinstance(routing, RoutingConfig):
-        d["routing"] = dataclasses.asdict(routing)
-    elif isinstance(routing, dict):
-        d["routing"] = {**d.get("routing", {}), **routing}
-    return ModelConfig.from_dict(d)
+    return build_config(PRESETS[name], overrides)

@@ -220,7 +220,7 @@ class FMELayer(nn.Module):
         self.topk_ties = cfg.topk_ties
         self.routing = cfg.routing
         self.expert_impl = cfg.expert_impl
-        self.balance_loss = "switch"  # switch | cv2, used only when the trainer asks for it
+        self.balance_loss = cfg.balance_loss  # switch | cv2: what aux_loss() computes
         # Filled at every forward so statistics need no second pass:
         self.last_weights: Tensor | None = None  # (B, N, E), detached
         self.last_probs: Tensor | None = None  # (B, N, E) full softmax, with grad (for aux loss)
