@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -15,9 +16,10 @@ from mofme.errors import MofmeError
 SEVERITIES: tuple[str, ...] = ("light", "medium", "heavy")
 
 WeatherFn = Callable[[np.ndarray, np.random.Generator, str, float], np.ndarray]
+P = TypeVar("P")  # a parameter set (RainParams, ...)
 
 
-def _check_image(clean: np.ndarray) -> np.ndarray:
+def check_image(clean: np.ndarray) -> np.ndarray:
     """Validate an ``(H, W, 3)`` image and return it as float32 (no copy if already float32)."""
     arr = np.asarray(clean)
     if arr.ndim != 3 or arr.shape[2] != 3:
@@ -29,23 +31,32 @@ def _check_image(clean: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def _check_severity(severity: str) -> str:
+def check_severity(severity: str) -> str:
     if severity not in SEVERITIES:
         raise MofmeError(f"unknown severity {severity!r}; choose one of {', '.join(SEVERITIES)}")
     return severity
 
 
-def _scale(h: int, w: int, view: float = 1.0) -> float:
+def checked(
+    clean: np.ndarray, params: dict[str, P], severity: str, view: float
+) -> tuple[np.ndarray, P, float]:
+    """A generator's checked arguments: the image as float32, the parameters of ``severity``
+    from ``params``, and the view scale (:class:`MofmeError` for any bad one)."""
+    img = check_image(clean)
+    return img, params[check_severity(severity)], check_view(view)
+
+
+def pixel_scale(h: int, w: int, view: float = 1.0) -> float:
     """Pixel scale relative to a 256-pixel image (of a ``view`` times larger frame)."""
     return view * min(h, w) / 256.0
 
 
-def _area_factor(h: int, w: int, view: float = 1.0) -> float:
+def area_factor(h: int, w: int, view: float = 1.0) -> float:
     """How many "256-squares at the frame's scale" fit into the image (1 for square, view 1)."""
     return (h * w) / float(min(h, w) ** 2) / (view * view)
 
 
-def _check_view(view: float) -> float:
+def check_view(view: float) -> float:
     if not (math.isfinite(view) and view > 0):
         raise MofmeError(f"weather view scale must be a positive number, got {view!r}")
     return float(view)
@@ -131,7 +142,7 @@ def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
     return np.ascontiguousarray(x[0] if out.ndim == 2 else np.moveaxis(x, 0, 2))
 
 
-def _splat(h: int, w: int, xs: np.ndarray, ys: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def splat(h: int, w: int, xs: np.ndarray, ys: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Bilinear splatting of weighted points (any shape) onto an ``(H, W)`` float32 canvas."""
     xs, ys, weights = (np.ravel(a) for a in np.broadcast_arrays(xs, ys, weights))
     x0 = np.floor(xs)
@@ -157,7 +168,7 @@ def _splat(h: int, w: int, xs: np.ndarray, ys: np.ndarray, weights: np.ndarray) 
     return acc.reshape(h, w).astype(np.float32)
 
 
-def _bilinear_sample(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def bilinear_sample(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Sample ``img`` ``(H, W, C)`` at float coordinates (clamped to the image). -> ``(N, C)``."""
     h, w, c = img.shape
     xs = np.clip(xs, 0.0, w - 1.001)
@@ -198,7 +209,7 @@ def depth_map(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(d, 0.05, 1.0).astype(np.float32)
 
 
-def _airlight(rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+def draw_airlight(rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
     """Airlight colour ``(3,)``: a grey level in [lo, hi] with a slight random tint."""
     level = rng.uniform(lo, hi)
     tint = rng.normal(0.0, 0.025, size=3)
@@ -212,7 +223,7 @@ def scatter(img: np.ndarray, depth: np.ndarray, beta: float, airlight: np.ndarra
     return img * t + airlight[None, None, :] * (1.0 - t)
 
 
-def _combine(layers: Sequence[np.ndarray]) -> np.ndarray:
+def combine_layers(layers: Sequence[np.ndarray]) -> np.ndarray:
     """Stack opacity layers as independent occluders: ``1 − Π(1 − a_k)``."""
     keep = np.ones_like(layers[0])
     for a in layers:

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mofme.data.weather.common import (
-    FogParams,
-    _airlight,
-    _check_image,
-    _check_severity,
-    _check_view,
-    depth_map,
-    scatter,
-)
+from mofme.data.weather import common
+from mofme.data.weather.common import FogParams
 
 HAZE_PARAMS: dict[str, FogParams] = {
     "light": FogParams(beta=(0.09, 0.2), airlight=(0.7, 1.0)),
@@ -27,10 +20,8 @@ def haze(
     """Haze by atmospheric scattering with a random depth map (parameters:
     :data:`HAZE_PARAMS`). ``(H, W, 3)`` -> ``(H, W, 3)``. ``view`` is accepted for a
     uniform signature: scattering has no particle size."""
-    _check_view(view)
-    img = _check_image(clean)
-    p = HAZE_PARAMS[_check_severity(severity)]
+    img, p, _ = common.checked(clean, HAZE_PARAMS, severity, view)
     h, w = img.shape[:2]
-    depth = depth_map(h, w, rng)
-    out = scatter(img, depth, rng.uniform(*p.beta), _airlight(rng, *p.airlight))
+    depth = common.depth_map(h, w, rng)
+    out = common.scatter(img, depth, rng.uniform(*p.beta), common.draw_airlight(rng, *p.airlight))
     return np.clip(out, 0.0, 1.0).astype(np.float32)

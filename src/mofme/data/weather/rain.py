@@ -7,20 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mofme.data.weather.common import (
-    FogParams,
-    _airlight,
-    _area_factor,
-    _check_image,
-    _check_severity,
-    _check_view,
-    _combine,
-    _scale,
-    _splat,
-    depth_map,
-    gaussian_blur,
-    scatter,
-)
+from mofme.data.weather import common
+from mofme.data.weather.common import FogParams
 
 
 @dataclass(frozen=True)
@@ -57,11 +45,11 @@ def _rain_layers(
     h: int, w: int, rng: np.random.Generator, p: RainParams, view: float = 1.0
 ) -> list[np.ndarray]:
     """Render the streak layers, far to near, each an ``(H, W)`` opacity map in [0, 1]."""
-    s = _scale(h, w, view)
+    s = common.pixel_scale(h, w, view)
     wind = math.radians(rng.uniform(-p.wind, p.wind))
     shares = np.arange(p.layers, 0, -1, dtype=np.float64)  # far layers hold more streaks
     shares /= shares.sum()
-    total = p.count * _area_factor(h, w, view)
+    total = p.count * common.area_factor(h, w, view)
     layers = []
     for k in range(p.layers):
         f = k / (p.layers - 1) if p.layers > 1 else 1.0
@@ -84,9 +72,9 @@ def _rain_layers(
         dim = 0.6 + 0.4 * f
         opac = rng.uniform(p.opacity[0], p.opacity[1], size=n) * dim
         weights = (opac * lengths / k_samples)[:, None] * taper[None, :]
-        canvas = _splat(h, w, xs, ys, weights)
+        canvas = common.splat(h, w, xs, ys, weights)
         sigma = (p.width[0] + (p.width[1] - p.width[0]) * f) * s
-        canvas = gaussian_blur(canvas, sigma)
+        canvas = common.gaussian_blur(canvas, sigma)
         # A line of unit density blurred across by sigma peaks at ~1 / (sqrt(2π)·sigma):
         # restore the intended peak opacity (the bilinear splat adds ~0.5 px of spread).
         gain = max(1.0, math.sqrt(2.0 * math.pi) * math.sqrt(sigma * sigma + 0.15))
@@ -109,10 +97,9 @@ def rain(
     clean: np.ndarray, rng: np.random.Generator, severity: str = "medium", view: float = 1.0
 ) -> np.ndarray:
     """Rain streaks (parameters: :data:`RAIN_PARAMS`). ``(H, W, 3)`` -> ``(H, W, 3)``."""
-    img = _check_image(clean)
-    p = RAIN_PARAMS[_check_severity(severity)]
+    img, p, view = common.checked(clean, RAIN_PARAMS, severity, view)
     h, w = img.shape[:2]
-    alpha = _combine(_rain_layers(h, w, rng, p, _check_view(view)))
+    alpha = common.combine_layers(_rain_layers(h, w, rng, p, view))
     out = _screen(img, alpha, _streak_colour(rng))
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
@@ -142,15 +129,14 @@ def rain_fog(
     Far streak layers are attenuated by the fog together with the scene; the nearest layer is
     composited last because it lies between the camera and the fog. ``(H, W, 3)`` -> same.
     """
-    img = _check_image(clean)
-    rp, fp = RAIN_FOG_PARAMS[_check_severity(severity)]
+    img, (rp, fp), view = common.checked(clean, RAIN_FOG_PARAMS, severity, view)
     h, w = img.shape[:2]
-    layers = _rain_layers(h, w, rng, rp, _check_view(view))
+    layers = _rain_layers(h, w, rng, rp, view)
     colour = _streak_colour(rng)
     out = img
     if len(layers) > 1:
-        out = _screen(out, _combine(layers[:-1]), colour)
-    depth = depth_map(h, w, rng)
-    out = scatter(out, depth, rng.uniform(*fp.beta), _airlight(rng, *fp.airlight))
+        out = _screen(out, common.combine_layers(layers[:-1]), colour)
+    depth = common.depth_map(h, w, rng)
+    out = common.scatter(out, depth, rng.uniform(*fp.beta), common.draw_airlight(rng, *fp.airlight))
     out = _screen(out, layers[-1], colour)
     return np.clip(out, 0.0, 1.0).astype(np.float32)

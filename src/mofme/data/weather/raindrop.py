@@ -7,15 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mofme.data.weather.common import (
-    _area_factor,
-    _bilinear_sample,
-    _check_image,
-    _check_severity,
-    _check_view,
-    _scale,
-    gaussian_blur,
-)
+from mofme.data.weather import common
 
 
 @dataclass(frozen=True)
@@ -52,12 +44,10 @@ def raindrop(
 
     ``(H, W, 3)`` -> ``(H, W, 3)``; pixels away from drops are unchanged.
     """
-    img = _check_image(clean)
-    p = RAINDROP_PARAMS[_check_severity(severity)]
+    img, p, view = common.checked(clean, RAINDROP_PARAMS, severity, view)
     h, w = img.shape[:2]
-    view = _check_view(view)
-    s = _scale(h, w, view)
-    n = round(float(rng.integers(p.count[0], p.count[1] + 1)) * _area_factor(h, w, view))
+    s = common.pixel_scale(h, w, view)
+    n = round(float(rng.integers(p.count[0], p.count[1] + 1)) * common.area_factor(h, w, view))
     radii = np.exp(rng.uniform(math.log(p.radius[0]), math.log(p.radius[1]), size=n)) * s
     # Centres may lie a little outside the frame: drops cut by the border are common.
     cx = rng.uniform(0.0, 1.0, size=n) * (w + 0.6 * radii) - 0.3 * radii
@@ -106,8 +96,8 @@ def raindrop(
     k = zoom[ids] * (1.0 + 0.35 * rho * rho)
     src_x = cx[ids] - (xs - cx[ids]) * k
     src_y = cy[ids] - (ys - cy[ids]) * k
-    soft = gaussian_blur(img, p.scene_blur * s)
-    drop = _bilinear_sample(soft, src_x, src_y)
+    soft = common.gaussian_blur(img, p.scene_blur * s)
+    drop = common.bilinear_sample(soft, src_x, src_y)
     drop = 0.88 * drop + 0.12 * drop.mean(axis=1, keepdims=True)  # water mutes colours a bit
     edge = np.clip((rho - 0.6) / 0.4, 0.0, 1.0)
     drop *= (1.0 - p.rim * edge * edge)[:, None]
@@ -121,9 +111,9 @@ def raindrop(
     layer[ys, xs] = np.clip(drop, 0.0, 1.0)
     # The drops are out of focus: blur the premultiplied layer and its coverage alike.
     sigma = p.defocus * s
-    mask_b = gaussian_blur(mask, sigma)
-    layer_b = gaussian_blur(layer, sigma)
-    around = np.clip(gaussian_blur(mask, 2.0 * sigma) * 1.3, 0.0, 1.0)[..., None]
+    mask_b = common.gaussian_blur(mask, sigma)
+    layer_b = common.gaussian_blur(layer, sigma)
+    around = np.clip(common.gaussian_blur(mask, 2.0 * sigma) * 1.3, 0.0, 1.0)[..., None]
     background = img * (1.0 - around) + soft * around
     out = background * (1.0 - mask_b[..., None]) + layer_b
     # Pixels no drop can reach keep their exact value (only float noise would change them).

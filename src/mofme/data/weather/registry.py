@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mofme.data.weather.common import WeatherFn, _check_image
+from mofme.data.weather import common
+from mofme.data.weather.common import WeatherFn
 from mofme.data.weather.haze import haze
 from mofme.data.weather.rain import rain, rain_fog
 from mofme.data.weather.raindrop import raindrop
@@ -46,7 +47,7 @@ def apply_weather(
     degradations that are barely visible; ``view`` scales particle sizes as for a crop of a
     ``view`` times larger frame (module docstring). ``(H, W, 3)`` float32 -> same.
     """
-    img = _check_image(clean)
+    img = common.check_image(clean)
     if name == CLEAN:
         return img.copy()
     if name not in WEATHER_TYPES and name not in COMPOSITES:

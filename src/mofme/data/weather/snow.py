@@ -8,19 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mofme.data.weather.common import (
-    _airlight,
-    _area_factor,
-    _check_image,
-    _check_severity,
-    _check_view,
-    _combine,
-    _scale,
-    _splat,
-    depth_map,
-    gaussian_blur,
-    scatter,
-)
+from mofme.data.weather import common
 from mofme.errors import MofmeError
 
 
@@ -84,9 +72,9 @@ def _flake_layer(
     t = np.linspace(0.0, 1.0, k)[None, :] if k > 1 else np.zeros((1, 1))
     px = xs[:, None] - t * dx[:, None]
     py = ys[:, None] - t * dy[:, None]
-    canvas = _splat(h, w, px, py, (opacity / k)[:, None] * np.ones_like(t))
+    canvas = common.splat(h, w, px, py, (opacity / k)[:, None] * np.ones_like(t))
     sigma = max(sigma, 0.5)
-    canvas = gaussian_blur(canvas, sigma)
+    canvas = common.gaussian_blur(canvas, sigma)
     return np.clip(canvas * (2.0 * math.pi * (sigma * sigma + 0.15) * gain), 0.0, 1.0)
 
 
@@ -101,20 +89,20 @@ def snow(
     clean: np.ndarray, rng: np.random.Generator, severity: str = "medium", view: float = 1.0
 ) -> np.ndarray:
     """Falling snow like Snow100K (parameters: :data:`SNOW_PARAMS`). ``(H, W, 3)`` -> same."""
-    img = _check_image(clean)
-    p = SNOW_PARAMS[_check_severity(severity)]
+    img, p, view = common.checked(clean, SNOW_PARAMS, severity, view)
     h, w = img.shape[:2]
-    view = _check_view(view)
-    s = _scale(h, w, view)
+    s = common.pixel_scale(h, w, view)
     out = img
     if p.haze_beta > 0:
-        depth = depth_map(h, w, rng)
-        out = scatter(out, depth, p.haze_beta * rng.uniform(0.7, 1.3), _airlight(rng, 0.8, 1.0))
+        depth = common.depth_map(h, w, rng)
+        out = common.scatter(
+            out, depth, p.haze_beta * rng.uniform(0.7, 1.3), common.draw_airlight(rng, 0.8, 1.0)
+        )
     wind = math.radians(rng.uniform(-p.wind, p.wind))
     n_layers = len(p.sizes)
     shares = 1.0 / np.arange(1, n_layers + 1, dtype=np.float64)
     shares /= shares.sum()
-    total = p.flakes * _area_factor(h, w, view)
+    total = p.flakes * common.area_factor(h, w, view)
     alphas = []
     for k, size in enumerate(p.sizes):
         n = max(1, int(rng.poisson(total * shares[k])))
@@ -131,7 +119,7 @@ def snow(
                 size * s, p.gain,
             )
         )  # fmt: skip
-    alpha = _combine(alphas)[..., None]
+    alpha = common.combine_layers(alphas)[..., None]
     out = out * (1.0 - alpha) + _snow_colour(rng)[None, None, :] * alpha
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
@@ -196,16 +184,16 @@ class SnowField:
     def __init__(
         self, h: int, w: int, rng: np.random.Generator, severity: str = "medium", view: float = 1.0
     ):
-        self.p = SNOW_VIDEO_PARAMS[_check_severity(severity)]
+        self.p = SNOW_VIDEO_PARAMS[common.check_severity(severity)]
         self.h, self.w = h, w
         self.rng = rng
-        view = _check_view(view)
-        s = _scale(h, w, view)
+        view = common.check_view(view)
+        s = common.pixel_scale(h, w, view)
         self.s = s
         n_layers = len(self.p.sizes)
         shares = 1.0 / np.arange(1, n_layers + 1, dtype=np.float64)
         shares /= shares.sum()
-        counts = np.round(self.p.flakes * _area_factor(h, w, view) * shares)
+        counts = np.round(self.p.flakes * common.area_factor(h, w, view) * shares)
         counts = np.maximum(1, counts).astype(int)
         self.layer = np.repeat(np.arange(n_layers), counts)
         n = int(counts.sum())
@@ -221,9 +209,9 @@ class SnowField:
         self.sway_freq = rng.uniform(0.1, 0.35, size=n)
         self.sway_phase = rng.uniform(0.0, 2 * np.pi, size=n)
         self.t = 0
-        self.depth = depth_map(h, w, rng)
+        self.depth = common.depth_map(h, w, rng)
         self.beta = self.p.haze_beta * rng.uniform(0.7, 1.3)
-        self.airlight = _airlight(rng, 0.75, 1.0)
+        self.airlight = common.draw_airlight(rng, 0.75, 1.0)
         self.colour = _snow_colour(rng)
 
     def _displacement(self) -> tuple[np.ndarray, np.ndarray]:
@@ -254,14 +242,14 @@ class SnowField:
                     e * dx[sel], e * dy[sel], size * self.s, self.p.gain,
                 )
             )  # fmt: skip
-        return _combine(alphas)
+        return common.combine_layers(alphas)
 
     def render(self, frame: np.ndarray) -> np.ndarray:
         """Hazy, snowy version of ``frame`` ``(H, W, 3)`` at the current time step."""
-        img = _check_image(frame)
+        img = common.check_image(frame)
         if img.shape[:2] != (self.h, self.w):
             raise MofmeError(f"frame of shape {img.shape} does not match the video size")
-        out = scatter(img, self.depth, self.beta, self.airlight)
+        out = common.scatter(img, self.depth, self.beta, self.airlight)
         a = self.alpha()[..., None]
         out = out * (1.0 - a) + self.colour[None, None, :] * a
         return np.clip(out, 0.0, 1.0).astype(np.float32)
