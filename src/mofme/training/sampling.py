@@ -164,7 +164,7 @@ class DataStream:
 @contextlib.contextmanager
 def _quiet_worker_warning() -> Iterator[None]:
     """Without PyTorch's "This DataLoader will create N worker processes" warning: it comes
-    twice per run, with a source line; the trainer says it once (``_loader_workers``)."""
+    twice per run, with a source line; the trainer says it once (``data.loader_workers``)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="This DataLoader will create")
         yield

@@ -163,6 +163,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (python's state comes back from the file as lists,
+    which ``random.setstate`` refuses)."""
     random.setstate(_as_tuple(state["python"]))
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -171,11 +173,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _as_tuple(x: Any) -> Any:
+def _as_tuple(x: Any) -> Any:  # nested lists -> nested tuples
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device) alike."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
