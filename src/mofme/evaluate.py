@@ -24,7 +24,7 @@ Protocol:
 * GFLOPs are counted at a fixed reference size (240×240 by default, the training crop) on a
   random input, so they are comparable between models and routings but not tied to the data.
 
-One loop restores and scores every image or frame (``restore_pairs`` / ``restore_videos``);
+One loop restores and scores every image or frame (``restore_and_score``);
 ``evaluate_images`` / ``evaluate_videos`` summarise its records (:mod:`mofme.results`). Other
 uses watch the same loop as *observers*, called with each restored :class:`Sample`: routing
 statistics (:mod:`mofme.stats`, with ``score=False``: no ground truth read), sample images for
@@ -76,8 +76,7 @@ __all__ = [  # the results' names too, for callers of the evaluation API
     "evaluate_videos",
     "limit_per_group",
     "plot_sweep",
-    "restore_pairs",
-    "restore_videos",
+    "restore_and_score",
     "routing_sweep",
     "sweep_markdown",
 ]
@@ -280,19 +279,6 @@ def _scores(out: Tensor, gt: Tensor) -> dict[str, float]:
     return values
 
 
-def _scores(out: Tensor, gt: Tensor) -> dict[str, float]:
-    """PSNR / SSIM on RGB and Y of one image pair ``(1, 3, H, W)``; PSNR capped."""
-    values = {
-        "psnr": float(psnr(out, gt)[0]),
-        "ssim": float(ssim(out, gt)[0]),
-        "psnr_y": float(psnr(out, gt, y_channel=True)[0]),
-        "ssim_y": float(ssim(out, gt, y_channel=True)[0]),
-    }
-    for key in ("psnr", "psnr_y"):
-        values[key] = min(values[key], PSNR_CAP)
-    return values
-
-
 def _skip(failed: list[dict[str, str]], path: Path, exc: Exception, strict: bool) -> None:
     if strict:
         raise exc
@@ -396,54 +382,15 @@ def _loop(
     return records, failed
 
 
-def restore_pairs(
+def restore_and_score(
     model: nn.Module,
-    pairs: Sequence[Pair],
+    data: Sequence[Pair] | Sequence[VideoPair],
     *,
     resize: tuple[int, int] | None = None,
     tile: int | None = None,
     overlap: int = 32,
     amp: str = "none",
     official: bool = False,
-    device: str | torch.device | None = None,
-    score: bool = True,
-    save_dir: str | Path | None = None,
-    progress: bool = True,
-    strict: bool = False,
-    warmup: bool = True,
-    observers: Sequence[Observer] = (),
-) -> tuple[list[Record], list[dict[str, str]]]:
-    """Restore every pair's input (and with ``score`` score it against its ground truth):
-    ``(records, failed)``. Arguments as in :func:`evaluate_images`; without ``score`` the
-    ground truth is not read and no records are made (observers still see every image)."""
-    _check_amp(amp)
-
-    def restore(inp: Tensor) -> Tensor:
-        if official:
-            return tiling.official_crops(model, inp)
-        return tiling.restore_image(model, inp, tile=tile, overlap=overlap, amp=amp)
-
-    position: dict[str, int] = {}
-    items = []
-    for pair in pairs:
-        index = position[pair.group] = position.get(pair.group, -1) + 1
-        items.append(_Item(pair.group, index, Path(pair.input), Path(pair.gt)))
-    with _on_device(model, device) as dev:
-        return _loop(
-            model, items, _Images(restore, model_in_channels(model)), device=dev, resize=resize,
-            score=score, strict=strict, warmup=warmup, save_dir=save_dir, observers=observers,
-            progress=progress, unit="img",
-        )  # fmt: skip
-
-
-def restore_videos(
-    model: nn.Module,
-    videos: Sequence[VideoPair],
-    *,
-    resize: tuple[int, int] | None = None,
-    tile: int | None = None,
-    overlap: int = 32,
-    amp: str = "none",
     max_frames: int | None = None,
     device: str | torch.device | None = None,
     score: bool = True,
@@ -453,23 +400,45 @@ def restore_videos(
     warmup: bool = True,
     observers: Sequence[Observer] = (),
 ) -> tuple[list[Record], list[dict[str, str]]]:
-    """Restore every video as a stream (and with ``score`` score it frame by frame):
-    ``(records, failed)``. Arguments as in :func:`evaluate_videos` and :func:`restore_pairs`."""
+    """Restore every image pair, or every video as a stream, and with ``score`` score each
+    image or frame against its ground truth: ``(records, failed)``.
+
+    ``data``: image pairs (restored one by one; a video model sees a zero reference) or videos
+    (``VideoPair``, restored by a ``VideoRestorer``, ``max_frames`` each). Without ``score`` the
+    ground truth is not read and no records are made; observers see every image or frame either
+    way. Other arguments as in :func:`evaluate_images`.
+    """
     _check_amp(amp)
-    items = []
-    for video in videos:
-        snow = list(video.snow_frames)[:max_frames]
-        clean = list(video.clean_frames)[: len(snow)] if score else [None] * len(snow)
-        items += [
-            _Item(video.name, t, Path(s), Path(c) if c else None, new_stream=t == 0)
-            for t, (s, c) in enumerate(zip(snow, clean))
-        ]
+    items: list[_Item] = []
+    position: dict[str, int] = {}
+    for entry in data:
+        if isinstance(entry, VideoPair):
+            snow = list(entry.snow_frames)[:max_frames]
+            clean = list(entry.clean_frames)[: len(snow)] if score else [None] * len(snow)
+            items += [
+                _Item(entry.name, t, Path(s), Path(c) if c else None, new_stream=t == 0)
+                for t, (s, c) in enumerate(zip(snow, clean))
+            ]
+        else:
+            index = position[entry.group] = position.get(entry.group, -1) + 1
+            items.append(_Item(entry.group, index, Path(entry.input), Path(entry.gt)))
+    video = bool(data) and isinstance(data[0], VideoPair)
+
+    def restore(inp: Tensor) -> Tensor:
+        if official:
+            return tiling.official_crops(model, inp)
+        return tiling.restore_image(model, inp, tile=tile, overlap=overlap, amp=amp)
+
     with _on_device(model, device) as dev:
-        restorer = VideoRestorer(model, tile=tile, overlap=overlap, amp=amp)
+        runner = (
+            _Stream(VideoRestorer(model, tile=tile, overlap=overlap, amp=amp))
+            if video
+            else _Images(restore, model_in_channels(model))
+        )
         return _loop(
-            model, items, _Stream(restorer), device=dev, resize=resize, score=score,
-            strict=strict, warmup=warmup, save_dir=save_dir, observers=observers,
-            progress=progress, unit="frame",
+            model, items, runner, device=dev, resize=resize, score=score, strict=strict,
+            warmup=warmup, save_dir=save_dir, observers=observers, progress=progress,
+            unit="frame" if video else "img",
         )  # fmt: skip
 
 
@@ -514,7 +483,7 @@ def evaluate_images(
             dense experts, fp32, overlaps averaged), to compare against our default path.
         observers: called with every restored :class:`Sample` (e.g. :class:`Collect`).
     """
-    records, failed = restore_pairs(
+    records, failed = restore_and_score(
         model, pairs, resize=resize, tile=tile, overlap=overlap, amp=amp, official=official,
         device=device, save_dir=save_dir, progress=progress, strict=strict, warmup=warmup,
         observers=observers,
@@ -553,7 +522,7 @@ def evaluate_videos(
         max_frames: evaluate only the first N frames of each video.
         Other arguments as in :func:`evaluate_images`.
     """
-    records, failed = restore_videos(
+    records, failed = restore_and_score(
         model, videos, resize=resize, tile=tile, overlap=overlap, amp=amp,
         max_frames=max_frames, device=device, save_dir=save_dir, progress=progress,
         strict=strict, warmup=warmup, observers=observers,

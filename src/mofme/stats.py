@@ -242,11 +242,11 @@ def collect_video(
     Groups: ``"first"`` (frame 0 of each video, reference all zeros), ``"other"`` (the rest),
     ``"all"``.
     """
-    from mofme.evaluate import restore_videos
+    from mofme.evaluate import restore_and_score
 
     stats = RoutingStats()
     observe = RoutingObserver(stats, lambda s: ("first" if s.index == 0 else "other", ALL))
-    restore_videos(
+    restore_and_score(
         model, list(videos), tile=tile, overlap=overlap, max_frames=max_frames, device=device,
         score=False, progress=progress, strict=True, warmup=False, observers=[observe],
     )  # fmt: skip
@@ -276,7 +276,7 @@ def collect_images(
 
     Groups: each pair's ``group`` (test set / weather type), plus ``"all"``.
     """
-    from mofme.evaluate import limit_per_group, restore_pairs
+    from mofme.evaluate import limit_per_group, restore_and_score
 
     in_channels = model.cfg.in_channels  # type: ignore[attr-defined]
     if in_channels != 3:
@@ -286,7 +286,7 @@ def collect_images(
         )
     stats = RoutingStats()
     observe = RoutingObserver(stats, lambda s: (str(s.group), ALL))
-    restore_pairs(
+    restore_and_score(
         model, limit_per_group(list(pairs), max_images), tile=tile, overlap=overlap,
         device=device, score=False, progress=progress, strict=True, warmup=False,
         observers=[observe],

@@ -49,6 +49,13 @@ def want_progress(args: argparse.Namespace) -> bool:
         return False
 
 
+def add_output_arguments(p: argparse.ArgumentParser, overwrite_help: str) -> None:
+    """The options every command that writes ends with: ``--overwrite``, progress, device."""
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    add_progress_argument(p)
+    add_device_argument(p)
+
+
 def add_device_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",

@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from mofme.commands.common import (
-    add_device_argument,
     add_max_pixels_argument,
     add_model_arguments,
-    add_progress_argument,
+    add_output_arguments,
     add_speed_arguments,
     model_from_args,
     resolve_device,
@@ -29,14 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ext", default="png", help="output format by extension: png (default), tif, jpg, webp"
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace output files that already exist (even an input file of the same path)",
-    )
     add_max_pixels_argument(p)
-    add_progress_argument(p)
-    add_device_argument(p)
+    add_output_arguments(
+        p, "replace output files that already exist (even an input file of the same path)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 from mofme.commands.common import (
-    add_device_argument,
     add_model_arguments,
-    add_progress_argument,
+    add_output_arguments,
     add_tile_arguments,
     model_from_args,
     resolve_device,
@@ -56,9 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="use at most N frames per video")
     p.add_argument("--max-images", type=int, default=None, help="use at most N images per group")
     add_tile_arguments(p, "tiled inference with this tile side (default: whole images)")
-    p.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
-    add_progress_argument(p)
-    add_device_argument(p)
+    add_output_arguments(p, "replace a report already in --out")
 
 
 def _check_positive(name: str, value: int | None) -> None:

@@ -120,19 +120,23 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise MofmeError(f"--workers must be at least 1, got {args.workers}")
     check_writable(args.out, folder=True)  # a read-only or /proc --out: one line, up front
+    # What every writer takes, from the options every sub-command has.
+    common = dict(
+        size_hw=size,
+        seed=args.seed,
+        source_folder=args.source,
+        progress=want_progress(args) and not args.quiet,
+        overwrite=args.overwrite,
+        workers=args.workers,
+    )
     if args.kind == "bench":
         meta = write_benchmark(
             args.out,
             n_per_set=args.per_set,
-            size_hw=size,
             n_clips=args.clips,
             n_frames=args.frames,
             clip_size_hw=parse_size(args.clip_size),
-            seed=args.seed,
-            source_folder=args.source,
-            progress=want_progress(args) and not args.quiet,
-            overwrite=args.overwrite,
-            workers=args.workers,
+            **common,
         )
         print(
             f"wrote {len(meta['sets'])} image sets of {args.per_set} and 2 x {args.clips} clips "
@@ -140,16 +144,7 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.kind == "allweather":
         meta = write_allweather(
-            args.out,
-            n_train=args.train,
-            n_test=args.test,
-            size_hw=size,
-            seed=args.seed,
-            source_folder=args.source,
-            progress=want_progress(args) and not args.quiet,
-            overwrite=args.overwrite,
-            workers=args.workers,
-            **_share(args),
+            args.out, n_train=args.train, n_test=args.test, **common, **_share(args)
         )
         print(
             f"wrote {meta['n_train']} train pairs and 4 x {meta['n_test']} test pairs "
@@ -160,14 +155,9 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             n_videos=args.videos,
             n_frames=args.frames,
-            size_hw=size,
-            seed=args.seed,
             split_test=args.test_videos,
-            source_folder=args.source,
             video_files=args.video,
-            progress=want_progress(args) and not args.quiet,
-            overwrite=args.overwrite,
-            workers=args.workers,
+            **common,
             **_share(args),
         )
         print(

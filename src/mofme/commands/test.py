@@ -14,11 +14,10 @@ from typing import Any
 
 from mofme.commands.common import (
     add_amp_argument,
-    add_device_argument,
     add_max_pixels_argument,
     add_model_arguments,
+    add_output_arguments,
     add_precision_argument,
-    add_progress_argument,
     add_tile_arguments,
     model_from_args,
     parse_size,
@@ -106,14 +105,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also score the degraded inputs themselves (no restoration) for comparison",
     )
-    add_progress_argument(p)
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing --out / --plot file and images in a non-empty --save-images",
-    )
     add_max_pixels_argument(p)
-    add_device_argument(p)
+    add_output_arguments(
+        p, "replace an existing --out / --plot file and images in a non-empty --save-images"
+    )
     # --routing (from add_model_arguments) also takes a comma list here: a routing sweep.
 
 

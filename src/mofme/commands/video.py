@@ -9,9 +9,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from mofme.commands.common import (
-    add_device_argument,
     add_model_arguments,
-    add_progress_argument,
+    add_output_arguments,
     add_speed_arguments,
     model_from_args,
     resolve_device,
@@ -62,9 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    add_progress_argument(p)
-    add_device_argument(p)
+    add_output_arguments(p, "replace an existing output file")
 
 
 def _peak_memory_mb(device) -> str:  # device: torch.device
