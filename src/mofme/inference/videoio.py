@@ -29,7 +29,6 @@ note. ``VideoWriter.notes`` collects these one-line messages.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from mofme.errors import MofmeError
+from mofme.inference.audio import AudioTracks, count_audio_streams, ffmpeg_reason
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 # Output codec per container; everything else about the encoder is the same.
@@ -112,7 +112,7 @@ def _open_input(path: Path):  # -> av.container.InputContainer
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise MofmeError(f"cannot read video {path}: {_reason(e)}") from None
+        raise MofmeError(f"cannot read video {path}: {ffmpeg_reason(e)}") from None
     if not container.streams.video:
         container.close()
         raise MofmeError(f"cannot read video {path}: it has no video stream")
@@ -126,12 +126,6 @@ def _open_input(path: Path):  # -> av.container.InputContainer
         container.close()
         raise
     return container
-
-
-def _reason(e: BaseException) -> str:
-    # FFmpeg errors carry "[Errno N] message: 'file'"; the message alone reads best.
-    text = getattr(e, "strerror", None) or str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
@@ -233,7 +227,7 @@ def iter_timed_frames(path: str | os.PathLike[str]) -> Iterator[TimedFrame]:
                 )
         except (av.FFmpegError, OSError, ValueError) as e:
             raise MofmeError(
-                f"cannot read video {path}: decoding failed after {count} frames ({_reason(e)})"
+                f"cannot read video {path}: decoding failed after {count} frames ({ffmpeg_reason(e)})"
             ) from None
     if count == 0:
         raise MofmeError(f"cannot read video {path}: it contains no decodable frames")
@@ -314,7 +308,7 @@ class VideoWriter:
         self.notes: list[str] = []  # one line per thing the user should know about the output
         self.audio_from = Path(audio_from) if audio_from is not None else None
         if self.audio_from is not None and self.is_folder:
-            n_audio = _count_audio_streams(self.audio_from)
+            n_audio = count_audio_streams(self.audio_from)
             if n_audio:
                 self.notes.append(
                     f"audio dropped: {n_audio} audio stream(s) in {self.audio_from.name}, but a "
@@ -327,7 +321,7 @@ class VideoWriter:
         self.padded = (0, 0)  # rows, columns added to reach an even size (video files only)
         self._container = None
         self._stream = None
-        self._audio: _AudioTracks | None = None
+        self._audio: AudioTracks | None = None
         self._size: tuple[int, int] | None = None
         self._closed = False
         # Timestamps of the output video stream (set when it opens): unit, spacing of frames
@@ -399,7 +393,7 @@ class VideoWriter:
             stream.codec_context.time_base = self._tb
             stream.time_base = self._tb
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise MofmeError(f"cannot write video {self.path}: {_reason(e)}") from None
+            raise MofmeError(f"cannot write video {self.path}: {ffmpeg_reason(e)}") from None
         stream.width, stream.height = w + self.padded[1], h + self.padded[0]
         stream.pix_fmt = "yuv420p"
         if any(self.padded):
@@ -410,7 +404,7 @@ class VideoWriter:
         self._stream = stream
         if self.audio_from is not None:
             # Streams must all exist before the first packet is written (the header).
-            self._audio = _AudioTracks(self.audio_from, self._container, self.path)
+            self._audio = AudioTracks(self.audio_from, self._container, self.path)
             self.notes.extend(self._audio.notes)
 
     def _next_pts(self, pts: int | None, duration: int | None) -> tuple[int, int]:
@@ -446,7 +440,7 @@ class VideoWriter:
                 self._audio.pump(float(frame.pts * self._tb))
             self._mux_video(self._stream.encode(frame))
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise MofmeError(f"cannot write video {self.path}: {_reason(e)}") from None
+            raise MofmeError(f"cannot write video {self.path}: {ffmpeg_reason(e)}") from None
 
     def _mux_video(self, packets) -> None:  # packets: list[av.Packet]
         for packet in packets:
@@ -473,7 +467,9 @@ class VideoWriter:
                     if self._audio is not None:
                         self._audio.finish()
                 except (av.FFmpegError, OSError, ValueError) as e:
-                    raise MofmeError(f"cannot write video {self.path}: {_reason(e)}") from None
+                    raise MofmeError(
+                        f"cannot write video {self.path}: {ffmpeg_reason(e)}"
+                    ) from None
                 self._container.close()
                 self._container = None
             if self.is_folder and self.path.is_dir():
@@ -518,125 +514,3 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
-
-
-# ------------------------------------------------------------------------------------- audio
-
-
-def _count_audio_streams(path: Path) -> int:
-    """Audio streams in a video file (0 when it cannot be opened: the video reader says why)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            return len(container.streams.audio)
-    except (av.FFmpegError, OSError, ValueError):
-        return 0
-
-
-def _can_copy(stream, format_name: str) -> bool:  # stream: av.AudioStream
-    """Whether ``stream``'s packets can go unchanged into a ``format_name`` container.
-
-    Asking FFmpeg (``avformat_query_codec``) is not enough: some muxers list a codec and then
-    refuse it when writing the header (e.g. experimental mappings). So write a header for real,
-    into memory.
-    """
-    import av
-
-    try:
-        with av.open(io.BytesIO(), mode="w", format=format_name) as probe_out:
-            if stream.codec_context.name not in probe_out.supported_codecs:
-                return False
-            probe_out.add_stream_from_template(stream)
-            probe_out.start_encoding()
-        return True
-    except (av.FFmpegError, OSError, ValueError, TypeError):
-        return False
-
-
-class _AudioTracks:
-    """The audio streams of an input file, written into an output container alongside video.
-
-    Each stream is copied packet by packet when the container can hold its codec, else decoded
-    and re-encoded (AAC, or MP3 in AVI). ``pump(t)`` moves packets up to time ``t`` seconds;
-    ``finish()`` the rest. ``notes`` says what happened to each stream.
-    """
-
-    def __init__(self, src: Path, output, dst: Path) -> None:  # output: av.OutputContainer
-        import av
-
-        self.notes: list[str] = []
-        self._input = av.open(str(src))
-        streams = list(self._input.streams.audio)
-        # input stream index -> (output stream, True when re-encoded)
-        self._routes: dict[int, tuple[object, bool]] = {}
-        fmt = output.format.name
-        for i, s in enumerate(streams):
-            label = f"audio stream {i + 1}" if len(streams) > 1 else "audio"
-            name = s.codec_context.name
-            if _can_copy(s, fmt):
-                out = output.add_stream_from_template(s)
-                self._routes[s.index] = (out, False)
-                self.notes.append(f"{label}: {name} copied (not re-encoded)")
-                continue
-            codec = "libmp3lame" if fmt == "avi" else "aac"
-            try:
-                out = output.add_stream(codec, rate=s.rate or 48000)
-                out.layout = s.layout
-            except (av.FFmpegError, ValueError) as e:
-                self.notes.append(
-                    f"{label} dropped: {name} cannot go into {dst.suffix} and re-encoding "
-                    f"failed ({_reason(e)})"
-                )
-                continue
-            self._routes[s.index] = (out, True)
-            self.notes.append(
-                f"{label}: {name} cannot be stored in {dst.suffix} as is; re-encoded to "
-                f"{'MP3' if codec == 'libmp3lame' else 'AAC'}"
-            )
-        self._packets = self._input.demux(*streams) if self._routes else iter(())
-        self._pending = None  # the first packet past the last pump's time
-        self._output = output
-
-    def _write(self, packet) -> None:  # packet: av.Packet
-        out, reencode = self._routes[packet.stream.index]
-        if not reencode:
-            if packet.dts is None:  # the demuxer's end-of-stream marker, not data
-                return
-            packet.stream = out
-            self._output.mux(packet)
-            return
-        for frame in packet.decode():  # an end-of-stream packet flushes the decoder
-            self._output.mux(out.encode(frame))
-
-    def pump(self, until: float | None) -> None:
-        """Write the packets that start at or before ``until`` seconds (``None``: all)."""
-        while True:
-            packet = self._pending or next(self._packets, None)
-            self._pending = None
-            if packet is None:
-                return
-            if packet.stream.index not in self._routes:
-                continue
-            start = packet.pts if packet.pts is not None else packet.dts
-            if (
-                until is not None
-                and start is not None
-                and packet.time_base is not None
-                and float(start * packet.time_base) > until
-            ):
-                self._pending = packet
-                return
-            self._write(packet)
-
-    def finish(self) -> None:
-        """Write the remaining packets, flush the re-encoders, close the input."""
-        self.pump(None)
-        for out, reencode in self._routes.values():
-            if reencode:
-                self._output.mux(out.encode(None))
-        self.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._input.close()
