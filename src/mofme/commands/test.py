@@ -24,7 +24,6 @@ from mofme.commands.common import (
     resolve_device,
     want_progress,
 )
-from mofme.data.datasets import find_image_pairs
 from mofme.errors import MofmeError
 
 HELP = "evaluate a checkpoint (PSNR/SSIM on RGB and Y, speed, active experts) on test data"
@@ -174,17 +173,9 @@ def _show_warning(message: Any, category: Any, filename: Any, lineno: Any, *rest
 
 def _run(args: argparse.Namespace) -> int:
     from mofme.checkpoint import atomic_write
-    from mofme.data.datasets import detect_layout, find_videos
-    from mofme.evaluate import (
-        InputAsOutput,
-        evaluate_images,
-        evaluate_videos,
-        limit_per_group,
-        plot_sweep,
-        routing_sweep,
-        sweep_markdown,
-    )
-    from mofme.inference.options import InferenceOptions, apply_precision_option
+    from mofme.dataset_eval import DatasetRequest, evaluate_dataset
+    from mofme.evaluate import plot_sweep, sweep_markdown
+    from mofme.inference.options import InferenceOptions
     from mofme.model.config import parse_routing
 
     root = Path(args.data)
@@ -197,122 +188,51 @@ def _run(args: argparse.Namespace) -> int:
     )
     resize = parse_resize(args.resize)
     flops_size = None if args.flops_size.lower() == "none" else parse_size(args.flops_size)
-
     specs = _splits(args.routing)
     for spec in specs:
         parse_routing(spec)  # a typo fails now, not after an evaluation
     args.routing = specs[0] if len(specs) == 1 else None  # a sweep sets routing per run
     check_outputs(args, sweep=len(specs) > 1)
-    layout = args.layout or detect_layout(root)
-    if args.official_crops and (layout == "rvsd" or args.tile is not None):
-        raise MofmeError("--official-crops is for image test sets and replaces --tile")
-
-    # Find the data before loading a model, so data errors come first and fast.
-    if layout == "rvsd":
-        split = args.split or "test"
-        videos = find_videos(root, split)
-        items = f"{len(videos)} videos"
-    else:
-        pairs = limit_per_group(find_image_pairs(root, layout, args.split), args.max_images)
-        groups = sorted({p.group for p in pairs})
-        items = f"{len(pairs)} images in {len(groups)} test set(s)"
-
-    from mofme.inference.distributed import init_ranks, merge_eval_results, prepare_on_ranks
-
-    # Under torchrun each rank evaluates its share of the images / videos (rank::world);
-    # rank 0 merges the records into the one table a single process would print.
-    ranks, device = init_ranks(resolve_device(args.device))
-    model = model_from_args(args, device, default="video" if layout == "rvsd" else "image")
-    # --official-crops is the fp32 reference: never probe or convert it.
-    if args.official_crops and options.precision == "auto":
-        options.precision = "fp32"
-    chosen = prepare_on_ranks(
-        lambda: apply_precision_option(
-            model, options, device, log=lambda m: print(m, file=sys.stderr)
-        ),
-        options,
-        ranks,
+    request = DatasetRequest(
+        root,
+        layout=args.layout,
+        split=args.split,
+        resize=resize,
+        max_images=args.max_images,
+        flops_size=flops_size,
+        routings=specs,
+        official_crops=args.official_crops,
+        input_baseline=args.input_baseline,
+        save_images=args.save_images,
+        strict=args.strict,
+        progress=want_progress(args),
+        source=args.ckpt or (f"preset {args.preset} (untrained)" if args.preset else "bundled"),
     )
-    source = args.ckpt or (f"preset {args.preset} (untrained)" if args.preset else "bundled")
-    if ranks.main:
-        print(chosen.note, file=sys.stderr)
-        on = f"{device} x {ranks.world} ranks" if ranks.active else str(device)
-        print(f"evaluating {source} on {root} ({layout}: {items}) on {on}", file=sys.stderr)
-
-    def run_once(save_dir: str | None = args.save_images, net: Any = model) -> Any:
-        common = dict(
-            tile=options.tile or None,
-            overlap=options.overlap,
-            device=device,
-            amp=options.amp,
-            save_dir=save_dir,
-            progress=want_progress(args),
-            strict=args.strict,
-            resize=resize,
-            flops_size=flops_size,
-        )
-        if layout == "rvsd":
-            res = evaluate_videos(net, ranks.shard(videos), max_frames=args.max_images, **common)
-            order = [v.name for v in videos]
-        else:
-            official = args.official_crops and not isinstance(net, InputAsOutput)
-            res = evaluate_images(net, ranks.shard(pairs), official=official, **common)
-            order = [f"{p.group}/{Path(p.input).name}" for p in pairs]
-        return merge_eval_results(ranks.gather(res), order, net) if ranks.active else res
-
-    meta = {
-        "source": str(source),
-        "data": str(root),
-        "layout": layout,
-        "split": args.split,
-        "max_images": args.max_images,
-        "precision": chosen.name,
-    }
-    baseline = None
-    if args.input_baseline:
-        baseline = run_once(save_dir=None, net=InputAsOutput())
+    report = evaluate_dataset(
+        request,
+        lambda default, device: model_from_args(args, device, default=default),
+        options,
+        resolve_device(args.device),
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    if report.baseline is not None:
         print("input (no restoration):")
-        print(baseline.to_markdown().split("\n\nparams:")[0] + "\n")
+        print(report.baseline.to_markdown().split("\n\nparams:")[0] + "\n")
         print("restored:")
-    if len(specs) <= 1:
-        result = run_once()
-        result.meta.update(meta)
-        print(result.to_markdown())
-        payload: dict[str, Any] = result.to_dict()
+    if report.result is not None:
+        print(report.result.to_markdown())
     else:
-        results: list[Any] = []
-
-        def sweep_run() -> Any:
-            # One image folder per routing, so the runs do not overwrite each other.
-            spec = specs[len(results)]
-            save_dir = (
-                str(Path(args.save_images) / spec.replace(":", "_")) if args.save_images else None
-            )
-            res = run_once(save_dir=save_dir)
-            res.meta.update(meta, routing_spec=spec)
-            results.append(res)
-            return res
-
-        rows = routing_sweep(model, specs, sweep_run)
-        print(sweep_markdown(rows))
+        print(sweep_markdown(report.sweep or []))
         size = f"; GFLOPs per {flops_size[0]}x{flops_size[1]} random input" if flops_size else ""
-        print(f"\nparams: {results[0].params['total'] / 1e6:.3f} M{size}")
+        print(f"\nparams: {report.results[0].params['total'] / 1e6:.3f} M{size}")
         plot_path = args.plot or (
             str(Path(args.out).with_name(Path(args.out).stem + "_sweep.png")) if args.out else None
         )
-        if plot_path and ranks.main:
-            plot_sweep(rows, plot_path)
+        if plot_path and report.main:
+            plot_sweep(report.sweep or [], plot_path)
             print(f"plot: {plot_path}")
-        payload = {
-            "meta": meta,
-            "sweep": rows,
-            "results": {spec: r.to_dict() for spec, r in zip(specs, results)},
-        }
-    if baseline is not None:
-        payload["input_baseline"] = baseline.to_dict()
-    ranks.close()
-    if args.out and ranks.main:
-        text = json.dumps(payload, indent=2, allow_nan=False)
+    if args.out and report.main:
+        text = json.dumps(report.payload, indent=2, allow_nan=False)
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
         print(f"results: {args.out}", file=sys.stderr)
     return 0
