@@ -114,14 +114,10 @@ def test_missing_input_and_empty_folder(tmp_path, ckpt, capsys):
 
 
 def test_tile_option_auto_whole_and_fixed():
-    import argparse
-
-    from mofme.inference.options import AUTO_TILE, check_speed_options, tile_for
+    from mofme.inference.options import AUTO_TILE, InferenceOptions
 
     def resolved(tile: str, h: int, w: int) -> int | None:
-        args = argparse.Namespace(tile=tile, overlap=32)
-        check_speed_options(args)
-        return tile_for(args, h, w)
+        return InferenceOptions(tile=tile, overlap=32).tile_for(h, w)
 
     assert resolved("auto", 480, 720) is None  # whole image up to a megapixel
     assert resolved("auto", 2000, 3000) == AUTO_TILE

@@ -94,7 +94,7 @@ def init_ranks(device: torch.device) -> tuple[Ranks, torch.device]:
 
 
 def prepare_on_ranks(prepare: Callable[[], Any], args: Any, ranks: Ranks) -> Any:
-    """Run ``prepare`` (``prepare_model``) so that all ranks use the same precision.
+    """Run ``prepare`` (``InferenceOptions.prepare``) so that all ranks use the same precision.
 
     With ``--precision auto`` only rank 0 probes (N concurrent probes on shared cores would
     time each other) and the others apply its choice.

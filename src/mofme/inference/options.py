@@ -3,8 +3,8 @@ one place, the model's preparation (fast paths, precision), and the tile and bat
 
 ``InferenceOptions`` is the typed form every entry point builds: the commands (``restore``,
 ``video``, ``test``, ``stats``, ``bench``) from their command line, the Python API and the web
-app from their arguments, so a setting means the same everywhere. The functions below take it,
-or any object with the same attributes (an argparse namespace), for older callers.
+app from their arguments, so a setting means the same everywhere. ``apply_precision_option``
+also takes any object with the same attributes (an argparse namespace).
 
 Tiles: ``"auto"`` follows the checkpoint's model card (:mod:`mofme.inference.policy`), ``0`` (or
 ``None``) is one whole-image pass, ``N >= 8`` overlapping ``N x N`` tiles. Overlap: 32 pixels by
@@ -28,11 +28,8 @@ __all__ = [
     "apply_precision_option",
     "auto_tile",
     "batch_tiles_for",
-    "check_speed_options",
     "check_tiling",
     "model_card",
-    "prepare_model",
-    "tile_for",
 ]
 
 #: Tile overlap in pixels unless one is given (at most half of a smaller tile).
@@ -86,7 +83,7 @@ class InferenceOptions:
 
     tile: int | str | None = "auto"  # "auto" | 0 (whole image) | N >= 8
     overlap: int | None = None  # None: DEFAULT_OVERLAP, at most half the tile
-    precision: str = "fp32"  # auto | fp32 | bf16 | int8
+    precision: str | None = None  # auto | fp32 | bf16 | int8; None: fp32, or as ``amp`` says
     amp: str | None = None
     channels_last: bool = False
     plain: bool = False  # no CPU fast paths (mofme.inference.fast)
@@ -100,52 +97,36 @@ class InferenceOptions:
     def from_args(cls, args: Any, **overrides: Any) -> InferenceOptions:
         """The options a command line holds (``args`` attributes of the same names)."""
         given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        if given.get("precision") is None:
-            given.pop("precision", None)
         return cls(**{**given, **overrides})
 
     def tile_for(self, h: int, w: int, model: Any = None) -> int | None:
-        """The tile for an ``h x w`` input (``None``: whole image); see :func:`tile_for`."""
-        return tile_for(self, h, w, model)
+        """The tile for an ``h x w`` input (``None``: whole image); ``auto`` follows ``model``'s
+        card (:func:`mofme.inference.policy.auto_tile`)."""
+        if self.tile == "auto":
+            return auto_tile(model, h, w)
+        return self.tile or None  # type: ignore[return-value]
 
     def batch_tiles_on(self, device: Any) -> int:  # device: torch.device
         """Tiles per forward pass on ``device`` (``batch_tiles``, else the device's rule)."""
         return self.batch_tiles or batch_tiles_for(device)
 
     def prepare(self, model: Any, device: Any, log: Any = None) -> Any:  # -> Precision
-        """Routing, fast paths and precision for ``model``, in place (:func:`prepare_model`)."""
+        """Prepare ``model`` for these options, in place: the routing, the device's fast paths
+        unless ``plain`` (:mod:`mofme.inference.fast`), then the precision (``auto`` measures;
+        :mod:`mofme.inference.precision`), which sets ``amp``."""
+        from mofme.inference.fast import optimize
+
         if self.routing:
             model.set_routing(self.routing)
-        return prepare_model(model, self, device, log=log)
-
-
-def prepare_model(model, opts: Any, device, log=None):  # -> Precision
-    """Apply the device's fast paths unless ``opts.plain`` (see ``mofme.inference.fast``), then
-    ``opts.precision`` (``auto`` measures; see ``mofme.inference.precision``); sets ``opts.amp``."""
-    from mofme.inference.fast import optimize
-
-    if not opts.plain:
-        optimize(model, device)
-    # After the conv fast paths: the probe times the model as it will run.
-    return apply_precision_option(model, opts, device, log=log)
-
-
-def check_speed_options(opts: Any) -> None:
-    """Check ``opts.tile`` / ``opts.overlap`` in place (:func:`check_tiling`)."""
-    opts.tile, opts.overlap = check_tiling(opts.tile, getattr(opts, "overlap", None))
+        if not self.plain:
+            optimize(model, device)
+        # After the conv fast paths: the probe times the model as it will run.
+        return apply_precision_option(model, self, device, log=log)
 
 
 def batch_tiles_for(device) -> int:  # device: torch.device
     """Tiles per forward pass: batches only pay off on GPUs; on CPU one tile keeps memory low."""
     return 8 if device.type == "cuda" else 1
-
-
-def tile_for(opts: Any, h: int, w: int, model: Any = None) -> int | None:
-    """The tile size to use for an ``h×w`` input (``None`` = whole image); ``auto`` follows
-    ``model``'s card (:func:`mofme.inference.policy.auto_tile`)."""
-    if opts.tile == "auto":
-        return auto_tile(model, h, w)
-    return opts.tile or None
 
 
 def apply_precision_option(model, opts: Any, device, log=None):  # -> Precision
