@@ -319,7 +319,7 @@ def test_presets_and_overrides() -> None:
     assert cfg.router == "uar" and cfg.routing.selection == "topp"
     with pytest.raises(MofmeError, match="unknown preset"):
         get_preset("huge")
-    with pytest.raises(MofmeError, match="model config: unknown key.s. dimm"):
+    with pytest.raises(MofmeError, match=r"model config: unknown key\(s\) dimm"):
         get_preset("tiny", dimm=3)
 
 
