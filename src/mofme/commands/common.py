@@ -176,6 +176,13 @@ def add_tile_arguments(
     )
 
 
+def add_inference_arguments(p: argparse.ArgumentParser, default_help: str) -> None:
+    """The model (``--ckpt``, ``--preset``, ``--routing``) and how it runs (tiles, precision,
+    layout, fast paths): the options of ``restore`` and ``video``."""
+    add_model_arguments(p, default_help, positional=False)
+    add_speed_arguments(p)
+
+
 def add_speed_arguments(p: argparse.ArgumentParser) -> None:
     """Tiling and precision options shared by ``restore`` and ``video``."""
     from mofme.inference.options import AUTO_MAX_PIXELS, AUTO_TILE

@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from mofme.commands.common import (
+    add_inference_arguments,
     add_max_pixels_argument,
-    add_model_arguments,
     add_output_arguments,
-    add_speed_arguments,
     model_from_args,
     resolve_device,
     want_progress,
@@ -22,8 +21,7 @@ HELP = "restore images or folders of images (any size; whole-image or tiled, ove
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
-    add_model_arguments(p, "default: the bundled all-in-one image model", positional=False)
-    add_speed_arguments(p)
+    add_inference_arguments(p, "default: the bundled all-in-one image model")
     p.add_argument("--recursive", action="store_true", help="also restore images in subfolders")
     p.add_argument(
         "--ext", default="png", help="output format by extension: png (default), tif, jpg, webp"

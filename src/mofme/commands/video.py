@@ -9,9 +9,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from mofme.commands.common import (
-    add_model_arguments,
+    add_inference_arguments,
     add_output_arguments,
-    add_speed_arguments,
     model_from_args,
     resolve_device,
     want_progress,
@@ -33,8 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="OUTPUT",
         help="video file (.mp4, .mkv, .mov: H.264; .avi: MPEG-4) or a folder for PNG frames",
     )
-    add_model_arguments(p, "default: the bundled video desnowing model", positional=False)
-    add_speed_arguments(p)
+    add_inference_arguments(p, "default: the bundled video desnowing model")
     p.add_argument(
         "--fps",
         type=float,
