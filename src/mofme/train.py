@@ -11,8 +11,10 @@ folder), ``logs`` (log.jsonl, val.jsonl, TensorBoard) and ``validation``.
   ``model`` is written as a preset name plus any ``ModelConfig`` field as an override.
 * **Optimisation**: AdamW; learning rate from :func:`lr_at` (linear warm-up, then cosine down
   to ``min_lr``), set by hand at every step so a resumed run follows the same curve; gradient
-  clipping after backward (unscaled first under fp16); optional bf16 / fp16 autocast; optional
-  EMA of the weights (the EMA weights become the saved model).
+  clipping after backward (unscaled first under fp16); optional bf16 / fp16 autocast
+  (``train.amp: auto``: bf16 where this machine measures it faster, ``training.precision``,
+  resolved once and kept on resume); optional EMA of the weights (the EMA weights become the
+  saved model).
 * **Loss**: ``RestorationLoss`` (SmoothL1 + λ·VGG16) plus ``balance_weight`` × the model's
   load-balancing loss (``model.balance_loss``). The balancing loss is always logged, even at
   weight 0.
@@ -38,10 +40,12 @@ folder), ``logs`` (log.jsonl, val.jsonl, TensorBoard) and ``validation``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +71,8 @@ from mofme.training.config import (
 )
 from mofme.training.data import build_train_set, find_val_items, loader_workers
 from mofme.training.ema import ModelEMA
-from mofme.training.logs import LossWindow, RunLog
+from mofme.training.logs import LossWindow, RunLog, Window
+from mofme.training.precision import resolve_auto, shown
 from mofme.training.rundir import RUN_FILES, RunFolder
 from mofme.training.sampling import DataStream, EpochBatchSampler, default_workers
 from mofme.training.state import load_state, save_checkpoints, save_model, seed_everything
@@ -95,6 +100,10 @@ __all__ = [
 
 # Non-finite steps in a row after which training is declared diverged, even in skip mode.
 MAX_NONFINITE_IN_ROW = 20
+# A log window (starting at or after DATA_WAIT_AFTER) in which the loop waited for data more
+# than this share of the time gets one warning per run: the loader does not keep up.
+DATA_WAIT_WARN = 0.3
+DATA_WAIT_AFTER = 50
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
@@ -174,13 +183,14 @@ class Trainer:
         self.criterion = self._build_loss().to(self.device)
 
         self.train_set = build_train_set(cfg, self.note)
+        self.workers = loader_workers(cfg.data.workers, self.dist.world, self.note)
         self.stream = DataStream(
             self.train_set,
             self.batch_per_rank,
             self.dist.rank,
             self.dist.world,
             t.seed,
-            loader_workers(cfg.data.workers, self.dist.world, self.note),
+            self.workers,
             pin_memory=self.device.type == "cuda",
         )
         self.steps_per_epoch = self.stream.batches_per_epoch
@@ -200,13 +210,17 @@ class Trainer:
         self._stop_signal: int | None = None
         self.last_val: dict[str, Any] = {}
         self._val_samples: list[tuple[str, Tensor]] = []
+        self._warned_data_wait = False
+        self.resumed_amp: str | None = None  # set by load_state
         if resume:
             load_state(self, self.folder.state_path)
+        amp_note = self._resolve_amp()  # self.cfg.train.amp is never "auto" from here on
         self.val_items = find_val_items(cfg) if self.dist.main else []
         self.log: RunLog | None = None
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+            # The resolved amp goes into config.yaml: a resume from it runs the same way.
+            text = amp_note + yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
             checkpoint.atomic_write(self.out / "config.yaml", lambda p: Path(p).write_text(text))
             self.log = RunLog(self.out, t.tensorboard, self.step if resume else None)
 
@@ -230,6 +244,36 @@ class Trainer:
         if not trainable:
             raise MofmeError("train: every part is frozen; nothing to train")
         return trainable
+
+    def _resolve_amp(self) -> str:
+        """``train.amp: auto`` -> ``bf16`` or ``none`` (a resumed run keeps its state's
+        choice); ``self.cfg`` then holds the resolved value. Returns a comment line for
+        ``config.yaml`` saying how it was chosen ("" when it was not auto)."""
+        t = self.cfg.train
+        resumed = self.resumed_amp
+        if t.amp != "auto":
+            if resumed is not None and resumed != t.amp:
+                self.note(f"note: train.amp={t.amp}; the resumed run trained with {resumed} so far")
+            return ""
+        if resumed is not None and resumed != "auto":
+            amp, why = resumed, "auto: kept from the resumed run"
+        else:
+            amp, why = self._probe_amp()
+        if amp == "fp16" and self.device.type != "cuda":
+            raise MofmeError("train.amp=fp16 needs a CUDA device (GradScaler); use bf16 on CPU")
+        self.note(f"training precision {shown(amp)} ({why})")
+        self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(t, amp=amp))
+        return f"# train.amp: auto resolved to {amp}: {why}\n"
+
+    def _probe_amp(self) -> tuple[str, str]:
+        """``resolve_auto`` on the main rank; every rank takes its answer (DDP on CPU)."""
+        if not (self.dist.active and self.device.type == "cpu"):
+            return resolve_auto(self.raw_model, self.device, self.note)
+        box: list[Any] = [None]
+        if self.dist.main:
+            box[0] = resolve_auto(self.raw_model, self.device, self.note)
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def _build_loss(self) -> nn.Module:
         from mofme.losses import RestorationLoss
@@ -453,13 +497,34 @@ class Trainer:
         save_checkpoints(self)
         self._barrier()
 
-    def _log(self, means: dict[str, float], elapsed: float, rate: float) -> None:
+    def _log(self, w: Window) -> None:
         if self.log is not None:
             active = [
-                float((w > 0).sum(-1).float().mean()) for w in self.raw_model.routing_weights()
+                float((r > 0).sum(-1).float().mean()) for r in self.raw_model.routing_weights()
             ]
             epoch = self.step / self.steps_per_epoch
-            self.log.train(self.step, epoch, means, active, self.skipped, rate, elapsed)
+            self.log.train(
+                self.step, epoch, w.means, active, self.skipped, w.rate, w.elapsed,
+                samples_per_s=w.rate * self.cfg.train.batch_size,
+                data_wait=w.data_wait,
+                amp=self.cfg.train.amp,
+            )  # fmt: skip
+        self._check_data_wait(w)
+
+    def _check_data_wait(self, w: Window) -> None:
+        """One warning per run when the loop waits for data most of a (post warm-up) window."""
+        if self._warned_data_wait or w.first_step < DATA_WAIT_AFTER:
+            return
+        if w.data_wait > DATA_WAIT_WARN:
+            from mofme.device import cpu_count
+
+            self._warned_data_wait = True
+            self.note(
+                f"warning: steps {w.first_step}-{self.step}: the loop waited for the next batch "
+                f"{w.data_wait:.0%} of the time (data.workers={self.workers}, "
+                f"{cpu_count()} CPUs): the data loader does not keep up; raise data.workers, "
+                "or use smaller data.crop / faster storage"
+            )
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -492,16 +557,21 @@ class Trainer:
         self._announce()
         interrupted: str | None = None
         window = LossWindow(self.step)
+        speed: dict[str, str] = {}  # samples/s and data wait of the last log window
         last_loss = math.nan
         validated_at = -1
         try:
             while self.step < self.total_steps:
-                info = self.train_step(next(self.stream))
+                waiting = time.perf_counter()
+                batch = next(self.stream)
+                window.add_wait(time.perf_counter() - waiting)
+                info = self.train_step(batch)
                 bar.update(1)
                 window.add(info)
                 if not info["skipped"]:
                     last_loss = info["loss"]
-                bar.set_postfix(loss=f"{info['loss']:.4f}", lr=f"{info['lr']:.2e}", refresh=False)
+                shown_now = {"loss": f"{info['loss']:.4f}", "lr": f"{info['lr']:.2e}", **speed}
+                bar.set_postfix(ordered_dict=shown_now, refresh=False)
                 # Step 1, every log_every, and the last step of this run (finished, stopped
                 # or interrupted): a short run still logs its start and its end.
                 ending = (
@@ -510,7 +580,12 @@ class Trainer:
                     or (stop_after is not None and self.step >= stop_after)
                 )
                 if self.step % t.log_every == 0 or self.step == 1 or ending:
-                    self._log(*window.flush(self.step, info["lr"]))
+                    w = window.flush(self.step, info["lr"])
+                    self._log(w)
+                    speed = {
+                        "samples/s": f"{w.rate * t.batch_size:.3g}",
+                        "data_wait": f"{w.data_wait:.0%}",
+                    }
                 if t.val_every and self.step % t.val_every == 0 and self.step < self.total_steps:
                     self._record_validation()
                     validated_at = self.step
@@ -553,7 +628,8 @@ class Trainer:
             f"in_channels {self.model_cfg.in_channels}) on {len(self.train_set)} "
             f"{'clips' if self.is_video else 'pairs'}: {self.total_steps} steps "
             f"({self.steps_per_epoch} per epoch), batch {t.batch_size} "
-            f"over {self.dist.world} rank(s), device {self.device}; out: {self.out}"
+            f"over {self.dist.world} rank(s), device {self.device}, "
+            f"precision {shown(t.amp)}, {self.workers} loader worker(s); out: {self.out}"
         )
 
     def _farewell(self, interrupted: str | None, finished: bool) -> None:

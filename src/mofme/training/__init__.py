@@ -6,6 +6,7 @@
 * ``data``: the training set and validation items a config names.
 * ``video``: the reference frame a 6-channel model is trained with.
 * ``ema``: the moving average of the weights.
+* ``precision``: ``train.amp: auto`` resolved from the machine's measured probe.
 * ``state``: ``state_last.pt`` (resume) and the RNG states.
 * ``rundir``: the locked run folder and its files.
 * ``logs``: log.jsonl, val.jsonl and TensorBoard.

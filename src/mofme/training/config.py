@@ -17,7 +17,7 @@ from mofme.errors import MofmeError
 from mofme.model.config import PRESETS, ModelConfig, RoutingConfig, build_config, get_preset
 
 KINDS = ("image", "video")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("none", "bf16", "fp16", "auto")
 REFERENCES = ("prediction", "teacher", "none")
 NONFINITE_MODES = ("skip", "stop")
 
@@ -60,7 +60,9 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
-    amp: str = "none"  # none | bf16 | fp16 (fp16: CUDA only, with a GradScaler)
+    # none | bf16 | fp16 (fp16: CUDA only, with a GradScaler) | auto (bf16 where the GPU has it
+    # or this CPU's measured probe finds it faster; resolved once, kept on resume)
+    amp: str = "none"
     ema: float = 0.0  # EMA decay of the weights, e.g. 0.999; 0 = off
     seed: int = 0  # weights, data order, crops and flips all follow from it
     perceptual_weight: float = 0.04  # weight of the VGG16 perceptual loss (needs vgg_weights)

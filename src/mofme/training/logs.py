@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ LOGGED = ("loss", "smooth_l1", "perceptual", "aux", "grad_norm")
 
 
 class LossWindow:
-    """Means of the step values since the last log line, and the step rate over it."""
+    """Means of the step values since the last log line, the step rate over it, and the share
+    of its wall time the loop spent waiting for the next batch from the data loader."""
 
     def __init__(self, step: int) -> None:
         self.started = time.time()
@@ -27,6 +29,7 @@ class LossWindow:
     def _reset(self, now: float, step: int) -> None:
         self.sums: dict[str, float] = {}
         self.count = 0
+        self.waited = 0.0
         self.window_start, self.window_step = now, step
 
     def add(self, info: dict[str, Any]) -> None:
@@ -38,14 +41,37 @@ class LossWindow:
             if k in info:
                 self.sums[k] = self.sums.get(k, 0.0) + info[k]
 
-    def flush(self, step: int, lr: float) -> tuple[dict[str, float], float, float]:
-        """``(means, elapsed seconds, steps per second)``; starts a new window."""
+    def add_wait(self, seconds: float) -> None:
+        """Time the loop spent waiting for a batch (``next`` on the data stream)."""
+        self.waited += seconds
+
+    def flush(self, step: int, lr: float) -> Window:
+        """This window's numbers; starts a new window."""
         now = time.time()
         means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
         means["lr"] = lr
-        rate = (step - self.window_step) / max(now - self.window_start, 1e-9)
+        wall = max(now - self.window_start, 1e-9)
+        window = Window(
+            means=means,
+            elapsed=now - self.started,
+            rate=(step - self.window_step) / wall,
+            data_wait=min(1.0, self.waited / wall),
+            first_step=self.window_step,
+        )
         self._reset(now, step)
-        return means, now - self.started, rate
+        return window
+
+
+@dataclass
+class Window:
+    """One log window: mean step values, seconds since the start, steps per second, the
+    fraction of the window's wall time spent waiting for data, and the step it started after."""
+
+    means: dict[str, float]
+    elapsed: float
+    rate: float
+    data_wait: float
+    first_step: int
 
 
 class RunLog:
@@ -72,9 +98,14 @@ class RunLog:
         skipped: int,
         rate: float,
         elapsed: float,
+        samples_per_s: float,
+        data_wait: float,
+        amp: str,
     ) -> None:
         """A training record: the window ``means``, the mean active experts per FME layer,
-        the skipped steps so far, steps per second and seconds since the start."""
+        the skipped steps so far, steps and samples (pairs or clips, all ranks) per second,
+        the fraction of the window spent waiting for data, seconds since the start and the
+        autocast mode (``train.amp`` as resolved)."""
         record = {
             "step": step,
             "epoch": epoch,
@@ -82,13 +113,18 @@ class RunLog:
             "active_experts": [round(a, 3) for a in active],
             "skipped": skipped,
             "steps_per_s": round(rate, 3),
+            "samples_per_s": round(samples_per_s, 2),
+            "data_wait": round(data_wait, 3),
             "elapsed_s": round(elapsed, 1),
+            "amp": amp,
         }
         _append(self.out / "log.jsonl", record)
         if self.writer is not None:
             for k, v in means.items():
                 self.writer.add_scalar(f"train/{k}", v, step)
             self.writer.add_scalar("train/skipped", skipped, step)
+            self.writer.add_scalar("speed/samples_per_s", samples_per_s, step)
+            self.writer.add_scalar("speed/data_wait", data_wait, step)
             for i, a in enumerate(active):
                 self.writer.add_scalar(f"routing/active_experts_layer{i}", a, step)
 

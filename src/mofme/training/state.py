@@ -72,6 +72,7 @@ def _save_state(trainer: Trainer, rng_per_rank: list[Any]) -> None:
         "best_psnr": trainer.best_psnr,
         "skipped": trainer.skipped,
         "total_steps": trainer.total_steps,
+        "amp": trainer.cfg.train.amp,  # resolved (never "auto"): a resume keeps the choice
     }
     path = trainer.out / "state_last.pt"
     checkpoint.atomic_write(path, lambda p: torch.save(state, p))
@@ -120,6 +121,8 @@ def _apply_state(trainer: Trainer, state: Any, path: Path) -> None:
             trainer.ema.load_state_dict(state["ema"])
         else:
             trainer.ema = ModelEMA(trainer.raw_model, trainer.cfg.train.ema)
+    amp = state.get("amp")  # absent in states written before train.amp: auto
+    trainer.resumed_amp = str(amp) if amp is not None else None
     trainer.step = int(state["step"])
     trainer.best_psnr = float(state["best_psnr"])
     trainer.skipped = int(state["skipped"])
