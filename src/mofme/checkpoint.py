@@ -6,11 +6,9 @@ folder, then ``os.replace``), so an interrupted save never leaves a truncated ch
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,36 +31,16 @@ _MAX_PARAMS_ENV = "MOFME_MAX_PARAMS"
 
 
 def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path``.
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path``
+    (:func:`mofme.data.io.atomic_write`; safetensors' and torch.save's write errors count as
+    I/O failures too).
 
     A failed write (full disk, read-only or missing folder, ...) raises ``MofmeError`` naming
     ``path``; the previous file, if any, is left as it was.
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # The pid in the name lets a later run remove it if this process is killed.
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.name}.tmp-{os.getpid()}.", suffix=".tmp", dir=path.parent
-        )
-    except OSError as e:
-        raise MofmeError(f"cannot write {path}: {_io_reason(e)}") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates 0600 files; give the result the permissions of a normal new file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):  # must not hide the error that got us here
-            os.unlink(tmp)
-        if _is_write_failure(e):
-            raise MofmeError(
-                f"cannot write {path}: {_io_reason(e)} (any earlier {path.name} is unchanged)"
-            ) from e
-        raise
+    from mofme.data.io import atomic_write as _atomic_write
+
+    _atomic_write(path, write, failure=_is_write_failure)
 
 
 def _is_write_failure(e: BaseException) -> bool:
