@@ -4,7 +4,9 @@ One plain loop, no framework (SPEC §4, §7, §8). This module is the loop (:cla
 its pieces live in ``mofme.training``: ``config`` (the typed config), ``sampling`` (data order
 and per-item randomness), ``data`` (training set, validation items), ``video`` (the reference
 frame), ``ema``, ``state`` (``state_last.pt`` and RNG states), ``rundir`` (the locked run
-folder), ``logs`` (log.jsonl, val.jsonl, TensorBoard) and ``validation``.
+folder), ``logs`` (log.jsonl, val.jsonl, TensorBoard) and ``validation``. It stays one file of
+about 650 lines on purpose: the loop is read top to bottom (build, step, validate, save, run),
+and splitting it further would make a reader jump between files for one training step.
 
 * **Config**: :class:`TrainRunConfig` (sections ``model``, ``data``, ``train``, ``video``,
   ``out``), loaded strictly from YAML with ``--set key=value`` overrides (:func:`load_config`).
