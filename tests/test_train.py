@@ -217,7 +217,8 @@ def test_cli_flags_are_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_items_draw_from_their_own_generator(image_root: Path) -> None:
     """An item is a function of (seed, epoch, index) and leaves the global RNG alone."""
-    from mofme.data.datasets import PairedImageDataset, find_pairs
+    from mofme.data.datasets import PairedImageDataset
+    from mofme.data.pairs import find_pairs
     from mofme.training.sampling import EpochSeeded
 
     items = EpochSeeded(PairedImageDataset(find_pairs(image_root, "mofme", "train"), crop=16), 3)
@@ -430,6 +431,43 @@ def test_video_training_and_single_frame_baseline(video_root: Path, tmp_path: Pa
         result = train(cfg, overwrite=True, progress=False)
         assert result["finished"] and math.isfinite(result["val"]["psnr"])
         assert set(result["val"]["groups"]) == {"video"}
+
+
+def test_validation_samples_are_the_scored_restorations(image_root: Path, video_root: Path) -> None:
+    """The TensorBoard samples come from the validation pass itself: the first pairs, and
+    frame 1 (restored with a reference) of the first videos, as input | output | gt."""
+    from mofme.data.io import read_image, to_tensor
+    from mofme.data.pairs import find_pairs, find_videos
+    from mofme.inference.tiling import restore_image
+    from mofme.inference.video import restore_clip
+    from mofme.training.validation import validate
+
+    def load(path: Path) -> torch.Tensor:
+        return to_tensor(read_image(path))
+
+    sizes = {k: v for k, v in TINY_MODEL.items() if k != "preset"}
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = MoFMENet.from_preset("tiny", **sizes)
+    pairs = find_pairs(image_root, "mofme", "test")
+    result, samples = validate(
+        model, pairs, video=False, device=cpu, tile=None, max_frames=None, samples=3
+    )
+    assert result["count"] == len(pairs) == 4
+    assert [name for name, _ in samples] == [p.input.name for p in pairs[:3]]
+    for (_, panel), pair in zip(samples, pairs):
+        inp, gt = load(pair.input), load(pair.gt)
+        out = restore_image(model, inp[None]).clamp(0, 1)[0]
+        assert torch.equal(panel, torch.cat([inp, out, gt], dim=2))
+
+    model = MoFMENet.from_preset("tiny", in_channels=6, **sizes)
+    videos = find_videos(video_root, "test")
+    _, samples = validate(model, videos, video=True, device=cpu, tile=None, max_frames=3, samples=2)
+    assert [name for name, _ in samples] == [f"{videos[0].name}/1"]
+    frames = torch.stack([load(p) for p in videos[0].snow_frames[:2]])
+    out = restore_clip(model, frames)[1].clamp(0, 1)
+    gt = load(videos[0].clean_frames[1])
+    assert torch.equal(samples[0][1], torch.cat([frames[1], out, gt], dim=2))
 
 
 # ------------------------------------------------------------------------------- NaN / AMP

@@ -61,6 +61,7 @@ from mofme.config import to_dict
 from mofme.device import resolve_device
 from mofme.errors import MofmeError
 from mofme.inference.distributed import init_ranks
+from mofme.model.analysis import active_experts
 from mofme.model.net import MoFMENet
 from mofme.training.config import (
     DataConfig,
@@ -501,9 +502,8 @@ class Trainer:
 
     def _log(self, w: Window) -> None:
         if self.log is not None:
-            active = [
-                float((r > 0).sum(-1).float().mean()) for r in self.raw_model.routing_weights()
-            ]
+            weights = self.raw_model.routing_weights()
+            active = [float(active_experts(r).float().mean()) for r in weights]
             epoch = self.step / self.steps_per_epoch
             self.log.train(
                 self.step, epoch, w.means, active, self.skipped, w.rate, w.elapsed,

@@ -9,12 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from mofme.data.datasets import (
-    PairedImageDataset,
-    VideoClipDataset,
-    find_pairs,
-    find_videos,
-)
+from mofme.data.datasets import PairedImageDataset, VideoClipDataset
+from mofme.data.io import image_size
+from mofme.data.pairs import find_pairs, find_videos
 from mofme.training.config import TrainRunConfig
 from mofme.training.sampling import default_workers
 
@@ -41,15 +38,12 @@ def build_train_set(cfg: TrainRunConfig, note: Note) -> PairedImageDataset | Vid
 def check_crop(crop: int, samples: list[Path], note: Note) -> None:
     """Say so when ``data.crop`` exceeds the training images: they are padded up to the
     crop, which costs (crop / side)^2 times the compute and trains on padding."""
-    from PIL import Image
-
     smallest: tuple[int, Path] | None = None
     for path in samples:  # headers only, a few files: cheap even for a large set
-        try:
-            with Image.open(path) as img:
-                side = min(img.size)
-        except Exception:  # unreadable files are reported when they are loaded
+        size = image_size(path)
+        if size is None:  # unreadable files are reported when they are loaded
             continue
+        side = min(size)
         if smallest is None or side < smallest[0]:
             smallest = (side, path)
     if smallest is not None and smallest[0] < crop:

@@ -3,12 +3,13 @@ inference path itself (``mofme.evaluate``), plus a few sample images for TensorB
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from mofme.data.io import read_image, to_tensor
+if TYPE_CHECKING:
+    from mofme.evaluate import Sample
 
 Samples = list[tuple[str, Tensor]]
 
@@ -38,39 +39,38 @@ def validate(
 def _validate_images(
     model: nn.Module, items: list[Any], tile: int | None, n_samples: int
 ) -> tuple[dict[str, Any], Samples]:
-    from mofme.evaluate import evaluate_images
-    from mofme.inference.tiling import restore_image
+    from mofme.evaluate import Collect, evaluate_images
 
+    first = Collect(lambda s: len(first.samples) < n_samples)  # the first n_samples pairs
     res = evaluate_images(
-        model, items, tile=tile, progress=False, strict=True, flops_size=None, warmup=False
-    )
-    samples = []
-    for pair in items[:n_samples]:
-        inp, gt = (to_tensor(read_image(p))[None] for p in (pair.input, pair.gt))
-        out = restore_image(model, inp, tile=tile).clamp(0, 1).cpu()
-        samples.append((pair.input.name, torch.cat([inp[0], out[0], gt[0]], dim=2)))
+        model, items, tile=tile, progress=False, strict=True, flops_size=None, warmup=False,
+        observers=[first],
+    )  # fmt: skip
+    samples = [(s.path.name, _panel(s)) for s in first.samples]
     return _summary(res), samples
 
 
 def _validate_videos(
     model: nn.Module, items: list[Any], tile: int | None, max_frames: int | None, n_samples: int
 ) -> tuple[dict[str, Any], Samples]:
-    from mofme.evaluate import evaluate_videos
-    from mofme.inference.video import restore_clip
+    from mofme.evaluate import Collect, evaluate_videos
 
+    # Per shown video, frame 1 (restored with a reference), or frame 0 when it is the only one.
+    shown = {v.name: min(1, len(list(v.snow_frames)[:max_frames]) - 1) for v in items[:n_samples]}
+    picked = Collect(lambda s: shown.get(s.group) == s.index)
     # The inference path itself (VideoRestorer): mean over frames per video, then videos.
     res = evaluate_videos(
         model, items, tile=tile, progress=False, strict=True,
-        max_frames=max_frames, flops_size=None, warmup=False,
+        max_frames=max_frames, flops_size=None, warmup=False, observers=[picked],
     )  # fmt: skip
-    samples = []
-    for video in items[:n_samples]:
-        f = min(1, len(video.snow_frames) - 1)  # frame 1: restored with a reference
-        frames = torch.stack([to_tensor(read_image(p)) for p in video.snow_frames[: f + 1]])
-        out = restore_clip(model, frames)[f].clamp(0, 1).cpu()
-        gt = to_tensor(read_image(video.clean_frames[f]))
-        samples.append((f"{video.name}/{f}", torch.cat([frames[f], out, gt], 2)))
+    samples = [(f"{s.group}/{s.index}", _panel(s)) for s in picked.samples]
     return _summary(res, group="video"), samples
+
+
+def _panel(sample: Sample) -> Tensor:
+    """``input | output | ground truth`` side by side, ``(3, H, 3W)`` on the CPU."""
+    assert sample.target is not None  # validation always scores
+    return torch.cat([sample.input[0], sample.output[0], sample.target[0]], dim=2)
 
 
 def _summary(res: Any, group: str | None = None) -> dict[str, Any]:

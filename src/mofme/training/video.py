@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mofme.inference.video import with_reference
+
 
 def model_input(
     frame: Tensor,
@@ -22,13 +24,12 @@ def model_input(
     ``zero_ref_prob`` (drawn from the global RNG of the frame's device).
     """
     if t == 0 or reference == "none":
-        ref = torch.zeros_like(frame)
-    else:
-        source = previous_pred if reference == "prediction" else previous_gt
-        if source is None:
-            raise ValueError(f"reference {reference!r} for frame {t} needs frame {t - 1}")
-        ref = source.detach().to(frame.dtype)
-        if zero_ref_prob > 0:
-            keep = torch.rand(frame.shape[0], device=frame.device) >= zero_ref_prob
-            ref = ref * keep.to(frame.dtype).view(-1, 1, 1, 1)
-    return torch.cat([frame, ref], dim=1)
+        return with_reference(frame)
+    source = previous_pred if reference == "prediction" else previous_gt
+    if source is None:
+        raise ValueError(f"reference {reference!r} for frame {t} needs frame {t - 1}")
+    ref = source.detach().to(frame.dtype)
+    if zero_ref_prob > 0:
+        keep = torch.rand(frame.shape[0], device=frame.device) >= zero_ref_prob
+        ref = ref * keep.to(frame.dtype).view(-1, 1, 1, 1)
+    return with_reference(frame, ref)
