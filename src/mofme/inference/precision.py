@@ -39,6 +39,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from mofme.data.io import atomic_write_text
+from mofme.errors import MofmeError
+
 #: Choices of ``--precision``.
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 #: A candidate must reach this PSNR (dB) against the fp32 output on the probe image.
@@ -157,13 +160,10 @@ def _read_cache(path: Path) -> dict[str, dict[str, object]]:
 
 def _write_cache(path: Path, key: str, result: ProbeResult) -> None:
     """Add one entry, atomically (temp file + rename): concurrent runs never see half a file."""
-    with contextlib.suppress(OSError):  # a read-only home only costs a re-probe next time
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_cache(path)
-        data[key] = result.to_dict()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+    data = _read_cache(path)
+    data[key] = result.to_dict()
+    with contextlib.suppress(MofmeError):  # a read-only home only costs a re-probe next time
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------- probing
@@ -327,7 +327,6 @@ def apply_precision(
     ``int8`` converts the model's Linear layers (``quantize_int8``); ``bf16`` and ``fp32``
     leave the weights alone and return the autocast mode for ``restore_image``.
     """
-    from mofme.errors import MofmeError
     from mofme.inference.fast import int8_usable, quantize_int8
     from mofme.inference.tiling import model_device
 
