@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mofme.checkpoint import load, save
-from mofme.data.datasets import find_pairs, find_videos
+from mofme.data.pairs import find_pairs, find_videos
 from mofme.evaluate import InputAsOutput, evaluate_images, evaluate_videos, limit_per_group
 
 TOLERANCE_DB = 0.05

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from mofme.checkpoint import load
-from mofme.data.datasets import find_pairs, find_videos
+from mofme.data.pairs import find_pairs, find_videos
 from mofme.evaluate import InputAsOutput, evaluate_images, evaluate_videos
 from mofme.inference.policy import auto_tile
 from mofme.metrics import grid_ratio

@@ -9,13 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mofme.data.datasets import (
-    PairedImageDataset,
-    VideoClipDataset,
-    find_pairs,
-    find_videos,
-)
+from mofme.data.datasets import PairedImageDataset, VideoClipDataset
 from mofme.data.io import resize_rgb
+from mofme.data.pairs import find_pairs, find_videos
 from mofme.errors import MofmeError
 
 H, W = 20, 24

@@ -14,7 +14,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from mofme.cli import main
-from mofme.data.datasets import detect_layout, find_image_pairs, find_pairs, find_videos
+from mofme.data.pairs import detect_layout, find_image_pairs, find_pairs, find_videos
 from mofme.errors import MofmeError
 from mofme.evaluate import (
     PSNR_CAP,
@@ -358,8 +358,8 @@ def test_layout_detection_and_transweather_default_lists(
 def test_cli_input_baseline_scores_the_degraded_inputs(
     mofme_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mofme.data.datasets import find_pairs
     from mofme.data.io import read_image, to_tensor
+    from mofme.data.pairs import find_pairs
     from mofme.metrics import psnr
 
     out = tmp_path / "results.json"
@@ -380,8 +380,8 @@ def test_cli_input_baseline_scores_the_degraded_inputs(
 
 
 def test_official_crops_path_scores_the_official_output(mofme_root: Path) -> None:
-    from mofme.data.datasets import find_pairs
     from mofme.data.io import read_image, to_tensor
+    from mofme.data.pairs import find_pairs
     from mofme.inference.tiling import official_crops
 
     model = small_model()

@@ -11,8 +11,8 @@ import torch
 
 from mofme import checkpoint
 from mofme.cli import main
-from mofme.data.datasets import Pair, find_videos
 from mofme.data.io import save_image
+from mofme.data.pairs import Pair, find_videos
 from mofme.model.config import parse_routing
 from mofme.model.net import MoFMENet
 from mofme.stats import (

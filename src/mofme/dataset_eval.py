@@ -69,7 +69,7 @@ def evaluate_dataset(
     Raises:
         MofmeError: missing data, a layout that does not fit, a bad option combination.
     """
-    from mofme.data.datasets import detect_layout, find_image_pairs, find_videos
+    from mofme.data.pairs import detect_layout, find_image_pairs, find_videos
     from mofme.evaluate import (
         InputAsOutput,
         evaluate_images,

@@ -44,8 +44,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mofme.data.datasets import Pair, VideoPair
 from mofme.data.io import load_image, resize_rgb, save_image, to_numpy, to_tensor
+from mofme.data.pairs import Pair, VideoPair
 from mofme.errors import MofmeError
 from mofme.inference import tiling
 from mofme.inference.tiling import model_device
@@ -466,7 +466,7 @@ def evaluate_images(
     Args:
         model: ``MoFMENet`` (or any ``(B, C, H, W) -> (B, 3, H, W)`` module). A 6-channel video
             model gets an all-zero reference, i.e. every image is a first frame.
-        pairs: from :func:`mofme.data.datasets.find_pairs`.
+        pairs: from :func:`mofme.data.pairs.find_pairs`.
         resize: ``(width, height)`` applied to input and ground truth (bicubic), e.g.
             ``(720, 480)`` for the official protocol; ``None`` = full resolution.
         tile: tile side for tiled restoration (``None``: whole image), ``overlap`` pixels shared.
@@ -518,7 +518,7 @@ def evaluate_videos(
     restored frame as reference; ``strict`` raises instead.
 
     Args:
-        videos: from :func:`mofme.data.datasets.find_videos`.
+        videos: from :func:`mofme.data.pairs.find_videos`.
         max_frames: evaluate only the first N frames of each video.
         Other arguments as in :func:`evaluate_images`.
     """

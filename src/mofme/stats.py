@@ -231,7 +231,7 @@ def collect_video(
     Args:
         model: an ``MoFMENet`` (6-channel video model with the previous restored frame as
             reference, or a 3-channel image model run frame by frame); on ``device``.
-        videos: ``VideoPair`` items (``mofme.data.datasets.find_videos``); only the degraded
+        videos: ``VideoPair`` items (``mofme.data.pairs.find_videos``); only the degraded
             frames (``snow_frames``) are read.
         tile: tile side for ``restore_image`` (``None``: whole frames).
         device: where the frames go (default: the model's device).
@@ -266,7 +266,7 @@ def collect_images(
 
     Args:
         model: a 3-channel ``MoFMENet`` on ``device``.
-        pairs: ``Pair(input, gt, group)`` items (``mofme.data.datasets.find_pairs``); only the
+        pairs: ``Pair(input, gt, group)`` items (``mofme.data.pairs.find_pairs``); only the
             inputs are read.
         tile: tile side for ``restore_image`` (``None``: whole images).
         device: where the images go (default: the model's device).

@@ -68,7 +68,7 @@ def _count(n: int, noun: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mofme.data.datasets import detect_layout, find_pairs, find_videos
+    from mofme.data.pairs import detect_layout, find_pairs, find_videos
     from mofme.inference.options import check_tiling
     from mofme.outputs import check_writable, refuse_existing
     from mofme.stats import collect_images, collect_video, to_markdown, write_report

@@ -1,6 +1,6 @@
 """Paired image and video datasets (PyTorch) for training and evaluation.
 
-The pairs come from :mod:`mofme.data.pairs` (its names are re-exported here, as before).
+The pairs and videos they read come from :mod:`mofme.data.pairs`.
 
 Randomness (crops, flips, replacements for unreadable samples) is drawn from a NumPy generator
 seeded per item by ``seed`` together with one draw from PyTorch's global RNG. PyTorch seeds that
@@ -17,13 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mofme.data import pairs as _pairs
 from mofme.data.io import load_image, resize_rgb
-from mofme.data.pairs import *  # noqa: F403  (re-exported: callers import the finders from here)
 from mofme.data.pairs import Pair, VideoPair
 from mofme.errors import MofmeError
 
-__all__ = ["PairedImageDataset", "VideoClipDataset", *_pairs.__all__]
+__all__ = ["PairedImageDataset", "VideoClipDataset"]
 
 
 # ---------------------------------------------------------------------- cropping and flipping
@@ -126,7 +124,7 @@ class PairedImageDataset(_SkippingDataset):
     """Paired images for training or evaluation.
 
     Args:
-        pairs: from :func:`find_pairs`.
+        pairs: from :func:`mofme.data.pairs.find_pairs`.
         crop: side of the random square crop (same place in input and ground truth); ``None``
             returns full images. Images smaller than ``crop`` are reflect-padded first.
         flip: random horizontal flip (p = 0.5).

@@ -107,7 +107,7 @@ class TrainRunConfig:
         mcfg.validate()  # again: a config built in code has not been through the loader
         _choice("data.kind", d.kind, KINDS)
         if d.kind == "image":
-            from mofme.data.datasets import LAYOUTS
+            from mofme.data.pairs import LAYOUTS
 
             _choice("data.layout", d.layout, LAYOUTS)
             if mcfg.in_channels != 3:
