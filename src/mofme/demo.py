@@ -72,8 +72,13 @@ def side_by_side(panels: list[np.ndarray], labels: list[str]) -> np.ndarray:
     return np.asarray(sheet, dtype=np.float32) / 255.0
 
 
-def _metrics(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
-    return float(psnr(pred, gt)[0]), float(ssim(pred, gt)[0])
+def _scores(degraded: np.ndarray, restored: torch.Tensor, clean: np.ndarray) -> dict[str, float]:
+    """PSNR / SSIM of the degraded input (``*_in``) and of the restored output (``*_out``)."""
+    gt, scores = _t(clean), {}
+    for side, pred in (("in", _t(degraded)), ("out", restored.cpu())):
+        scores[f"psnr_{side}"] = float(psnr(pred, gt)[0])
+        scores[f"ssim_{side}"] = float(ssim(pred, gt)[0])
+    return scores
 
 
 def run_demo(
@@ -104,28 +109,18 @@ def run_demo(
         degraded = apply_weather(name, clean, rng, "medium")
         restored = restore_image(image_model, _t(degraded))
         active = _active(image_model)
-        before = _metrics(_t(degraded), _t(clean))
-        after = _metrics(restored.cpu(), _t(clean))
+        s = _scores(degraded, restored, clean)
         sheet = side_by_side(
             [degraded, _np(restored), clean],
-            [f"{name} {before[0]:.2f} dB", f"mofme {after[0]:.2f} dB", "clean"],
+            [f"{name} {s['psnr_in']:.2f} dB", f"mofme {s['psnr_out']:.2f} dB", "clean"],
         )
         path = out / "images" / f"{name}.png"
         save_image(path, sheet)
-        res.images.append(
-            dict(
-                type=name,
-                psnr_in=before[0],
-                ssim_in=before[1],
-                psnr_out=after[0],
-                ssim_out=after[1],
-                active_experts=active,
-                file=str(path.relative_to(out)),
-            )
-        )
+        file = str(path.relative_to(out))
+        res.images.append(dict(type=name, **s, active_experts=active, file=file))
         say(
-            f"  {name:<9} PSNR {before[0]:6.2f} -> {after[0]:6.2f} dB   "
-            f"SSIM {before[1]:.3f} -> {after[1]:.3f}   active experts {active:.2f}"
+            f"  {name:<9} PSNR {s['psnr_in']:6.2f} -> {s['psnr_out']:6.2f} dB   "
+            f"SSIM {s['ssim_in']:.3f} -> {s['ssim_out']:.3f}   active experts {active:.2f}"
         )
 
     # --- snowy clip with the reference-frame model ------------------------------------------
@@ -141,23 +136,11 @@ def run_demo(
         for t, (snowy, clean) in enumerate(zip(snowy_clip, clean_clip)):
             restored = restorer.step(_t(snowy))
             stats.add(video_model.routing_weights(), "first" if t == 0 else "other", "all")
-            before = _metrics(_t(snowy), _t(clean))
-            after = _metrics(restored.cpu(), _t(clean))
-            per_frame.append(
-                dict(
-                    frame=t,
-                    psnr_in=before[0],
-                    psnr_out=after[0],
-                    ssim_in=before[1],
-                    ssim_out=after[1],
-                )
-            )
-            writer.write(side_by_side([snowy, _np(restored), clean], ["snowy", "mofme", "clean"]))
+            per_frame.append(dict(frame=t, **_scores(snowy, restored, clean)))
+            panel = side_by_side([snowy, _np(restored), clean], ["snowy", "mofme", "clean"])
+            writer.write(panel)
             if t == frames // 2:
-                save_image(
-                    out / "images" / "video_frame.png",
-                    side_by_side([snowy, _np(restored), clean], ["snowy", "mofme", "clean"]),
-                )
+                save_image(out / "images" / "video_frame.png", panel)
     summary = stats.summary()
     plot_top8(summary, out / "routing_top8.png")
     groups = summary["groups"]
