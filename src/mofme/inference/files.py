@@ -1,4 +1,4 @@
-"""Restore image files: plan the outputs, then read, restore and write one file at a time.
+"""Restore image files: plan the outputs, then read, restore and write them in order.
 
 The job behind ``mofme restore``: ``plan_jobs`` maps inputs (files and folders) to output
 files and refuses, before anything is written, plans that would lose data (an output replacing
@@ -6,14 +6,22 @@ an input or another output; an existing file without ``overwrite``). ``restore_f
 decodes the next images in a thread while the network runs (``mofme.inference.pipeline``),
 restores each one with the tile the options choose for its size (retrying with smaller tiles
 when it runs out of memory), and writes it atomically, grey in / grey out, with its alpha
-channel and bit depth. A file that fails is reported, naming it, and the rest go on. Under
-``torchrun`` every rank plans the same jobs and restores its share.
+channel and bit depth. Consecutive images of the same size that are restored whole go through
+the network together, up to ``batch`` per forward (``batch_limit``: on CUDA by default, on CPU
+when asked); the model treats every image of a batch on its own (global attention within an
+image, routing per token), so a batch gives the single-image outputs up to float rounding. A
+file that fails is reported, naming it, and the rest go on. Under ``torchrun`` every rank plans
+the same jobs and restores its share.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +31,55 @@ import torch
 from torch import nn
 
 from mofme.errors import MofmeError, one_line
-from mofme.inference.options import InferenceOptions
+from mofme.inference.options import AUTO_MAX_PIXELS, InferenceOptions
 from mofme.outputs import check_writable, refuse_existing
 
-__all__ = ["FilesResult", "plan_jobs", "restore_files"]
+__all__ = [
+    "AUTO_BATCH",
+    "AUTO_BATCH_PIXELS",
+    "FilesResult",
+    "batch_limit",
+    "parse_batch",
+    "plan_jobs",
+    "restore_files",
+]
+
+#: ``--batch auto`` on CUDA: at most this many same-size whole images per forward ...
+AUTO_BATCH = 8
+#: ... holding at most this many pixels together (twice what ``--tile auto`` runs whole in one
+#: forward, so memory stays within twice a single image's). On CPU ``auto`` is one image:
+#: batches measured no faster there (README, "Pipelined video and folders").
+AUTO_BATCH_PIXELS = 2 * AUTO_MAX_PIXELS
+
+
+def parse_batch(value: int | str | None) -> int | None:
+    """``--batch``: ``auto`` (or ``None``) -> ``None``; a number of images ``>= 1`` -> itself.
+
+    Raises:
+        MofmeError: anything else, naming the option and the value.
+    """
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise MofmeError(f"--batch must be auto or a number of images >= 1, got {value!r}")
+    return n
+
+
+def batch_limit(batch: int | None, device: torch.device, h: int, w: int) -> int:
+    """How many ``h x w`` images (restored whole) go through one forward at most.
+
+    ``batch`` (``parse_batch``): a number is used as it is; ``None`` (auto) is, on CUDA, up to
+    ``AUTO_BATCH`` images within ``AUTO_BATCH_PIXELS`` (at least one), and 1 on other devices.
+    """
+    if batch is not None:
+        return batch
+    if device.type != "cuda":
+        return 1
+    return max(1, min(AUTO_BATCH, AUTO_BATCH_PIXELS // max(1, h * w)))
 
 
 def _folder_images(
@@ -139,6 +192,49 @@ class FilesResult:
     failed: list[str] = field(default_factory=list)  # one message per failed file or folder
     ranks: int = 1  # processes that shared the work
     main: bool = True  # this process reports (rank 0)
+    seconds: float = 0.0  # restoring (after the model loaded), the slowest rank's
+    device: torch.device | None = None  # where this process ran the network
+
+
+class _Lookahead:
+    """How far the reader thread decodes ahead while images are batched: always two images
+    (as without batching), more only while the decoded images waiting hold fewer than
+    ``pixels`` pixels, so a folder of large images does not pile up in memory."""
+
+    def __init__(self, pixels: int) -> None:
+        self._limit = pixels
+        self._cond = threading.Condition()
+        self._count = 0
+        self._pixels = 0
+        self._stopped = False
+
+    def wait(self) -> None:
+        """On the reader thread, before decoding the next image."""
+        with self._cond:
+            while not self._stopped and self._count >= 2 and self._pixels >= self._limit:
+                self._cond.wait()
+
+    def add(self, pixels: int) -> None:
+        """An image was decoded (on the reader thread)."""
+        with self._cond:
+            self._count += 1
+            self._pixels += pixels
+
+    def take(self, pixels: int) -> None:
+        """The loop took a decoded image from the queue."""
+        with self._cond:
+            self._count -= 1
+            self._pixels -= pixels
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+
+def _pixels(img: Any) -> int:
+    return 0 if isinstance(img, MofmeError) else int(img.rgb.shape[0] * img.rgb.shape[1])
 
 
 def _stderr(message: str) -> None:
@@ -158,6 +254,7 @@ def restore_files(
     recursive: bool = False,
     overwrite: bool = False,
     max_pixels: int | None = None,
+    batch: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] = _stderr,
 ) -> FilesResult:
@@ -171,6 +268,10 @@ def restore_files(
         recursive: also restore the images in subfolders (mirrored in ``out_dir``).
         overwrite: replace existing outputs (even an input of the same path).
         max_pixels: pixel budget of the image reader (``None``: the default).
+        batch: consecutive same-size images restored whole go through one forward, up to
+            this many (``None``: auto, see ``batch_limit``); tiled images go one by one
+            (their tiles are batched). A batch that runs out of memory is restored one image
+            at a time, and later batches are halved.
         progress: progress bars on stderr.
         log: where notes and per-file failures go, one line each.
 
@@ -190,7 +291,11 @@ def restore_files(
     )
     from mofme.inference.distributed import init_ranks, prepare_on_ranks
     from mofme.inference.pipeline import prefetch
-    from mofme.inference.tiling import is_out_of_memory, restore_image_retrying
+    from mofme.inference.tiling import (
+        is_out_of_memory,
+        restore_image,
+        restore_image_retrying,
+    )
     from mofme.inference.video import still_input
 
     # Under torchrun every rank plans the same jobs; each restores its share (rank::world).
@@ -219,6 +324,14 @@ def restore_files(
     done = 0
     total = len(jobs)
     jobs = ranks.shard(jobs)
+    most = batch_limit(batch, device, 1, 1)  # images per forward at most, for any size
+    if most > 1 and chosen.name == "int8":
+        # Dynamic int8 quantises each forward's activations together: a batch would change
+        # every image's output.
+        if batch is not None and ranks.main:
+            log(f"note: --batch {batch} ignored with int8 (outputs would depend on the batch)")
+        most = 1
+    ceiling = most  # lowered when a batch runs out of memory
     show = ranks.main and progress
     bar = tqdm(jobs, desc="restore", unit="img", disable=not show, file=sys.stderr)
     tile_bar: Any = None  # a second bar while a large image is restored tile by tile
@@ -237,35 +350,50 @@ def restore_files(
             tile_bar.close()
             tile_bar = None
 
+    # Batching reads further ahead (a batch's worth), bounded by pixels; one image per
+    # forward keeps the reader two images ahead, as before.
+    ahead = (
+        _Lookahead(AUTO_BATCH_PIXELS if batch is None else most * AUTO_MAX_PIXELS)
+        if most > 1
+        else None
+    )
+
     def read(job: tuple[Path, Path]) -> tuple[Path, Path, Any]:
         """Decode on the reader thread; a bad file's error travels with it into the loop."""
         src, dst = job
+        if ahead is not None:
+            ahead.wait()
         try:
             with pixel_budget(max_pixels):
-                return src, dst, load_image(src)
+                img = load_image(src)
         except MofmeError as e:
-            return src, dst, e
+            img = e
+        if ahead is not None:
+            ahead.add(_pixels(img))
+        return src, dst, img
 
-    # The next images decode in a thread while the network runs on this one.
-    for src, dst, img in prefetch(map(read, bar), depth=2):
+    def report(src: Path, e: MofmeError) -> None:
+        failed.append(str(e) if str(src) in str(e) else f"{src}: {e}")
+        log(f"skipped: {one_line(failed[-1])}")
 
-        def smaller(tile: int, src: Path = src) -> None:
+    def save(src: Path, dst: Path, img: Any, y: torch.Tensor) -> None:
+        nonlocal done
+        out = to_numpy(y)
+        # Grey in, grey out: the luma of the restored RGB, not an RGB file with a tint.
+        save_image(dst, luma(out) if img.grey else out, alpha=img.alpha, bit_depth=img.bit_depth)
+        done += 1
+
+    def restore_one(src: Path, dst: Path, img: Any, x: torch.Tensor, tile: int | None) -> None:
+        """One image on its own (tiled, or whole): retried with smaller tiles on OOM."""
+
+        def smaller(tile: int) -> None:
             log(f"{one_line(str(src))}: out of memory; retrying with {tile}-pixel tiles")
 
         try:
-            if isinstance(img, MofmeError):
-                raise img
-            if img.frames > 1:
-                log(
-                    f"note: {one_line(str(src))} has {img.frames} frames; only the first is "
-                    f"restored (restore all with: mofme video {one_line(str(src))} OUT.mp4)"
-                )
-            # A video model restoring a still image: its first-frame input (zero reference).
-            x = still_input(to_tensor(img.rgb).unsqueeze(0), in_channels)
             y = restore_image_retrying(
                 model,
                 x,
-                tile=options.tile_for(*x.shape[-2:], model),
+                tile=tile,
                 batch_tiles=options.batch_tiles_on(device),
                 overlap=options.overlap,  # type: ignore[arg-type]
                 amp=options.amp,  # type: ignore[arg-type]
@@ -273,15 +401,9 @@ def restore_files(
                 on_retry=smaller,
                 on_tiles=on_tiles,
             )
-            out = to_numpy(y)
-            # Grey in, grey out: the luma of the restored RGB, not an RGB file with a tint.
-            save_image(
-                dst, luma(out) if img.grey else out, alpha=img.alpha, bit_depth=img.bit_depth
-            )
-            done += 1
+            save(src, dst, img, y)
         except MofmeError as e:
-            failed.append(str(e) if str(src) in str(e) else f"{src}: {e}")
-            log(f"skipped: {one_line(failed[-1])}")
+            report(src, e)
         except RuntimeError as e:  # CPU out of memory is a plain RuntimeError
             if not is_out_of_memory(e):
                 raise
@@ -289,12 +411,91 @@ def restore_files(
             log(f"skipped: {one_line(failed[-1])}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    pending: list[tuple[Path, Path, Any, torch.Tensor]] = []  # same-size whole images
+
+    def flush() -> None:
+        """Restore the pending images: one forward for all, or one by one after an OOM."""
+        nonlocal ceiling
+        items = pending[:]
+        pending.clear()
+        if len(items) == 1:
+            restore_one(*items[0], None)
+        if len(items) <= 1:
+            return
+        ys = None
+        try:
+            ys = restore_image(
+                model,
+                torch.cat([x for *_, x in items]),
+                amp=options.amp,  # type: ignore[arg-type]
+                channels_last=options.channels_last,
+            )
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+        if ys is None:  # outside the except block, so the failed batch's tensors are freed
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            ceiling = max(1, len(items) // 2)
+            log(
+                f"out of memory with {len(items)} images in one forward; restoring them one "
+                f"at a time, then at most {ceiling} per forward"
+            )
+            for item in items:
+                restore_one(*item, None)
+            return
+        for (src, dst, img, _), y in zip(items, ys.split(1)):
+            try:
+                save(src, dst, img, y)
+            except MofmeError as e:
+                report(src, e)
+
+    start = time.perf_counter()
+    # The next images decode in a thread while the network runs on this one.
+    reader = prefetch(map(read, bar), depth=2 * most if most > 1 else 2)
+    try:
+        for src, dst, img in reader:
+            if ahead is not None:
+                ahead.take(_pixels(img))
+            if isinstance(img, MofmeError):
+                flush()  # the images before it first: the order stays the input order
+                report(src, img)
+                continue
+            if img.frames > 1:
+                log(
+                    f"note: {one_line(str(src))} has {img.frames} frames; only the first is "
+                    f"restored (restore all with: mofme video {one_line(str(src))} OUT.mp4)"
+                )
+            # A video model restoring a still image: its first-frame input (zero reference).
+            x = still_input(to_tensor(img.rgb).unsqueeze(0), in_channels)
+            h, w = x.shape[-2:]
+            tile = options.tile_for(h, w, model)
+            limit = min(ceiling, batch_limit(batch, device, h, w))
+            if tile is not None or limit == 1:
+                flush()
+                restore_one(src, dst, img, x, tile)
+                continue
+            if pending and (pending[0][3].shape != x.shape or len(pending) >= limit):
+                flush()
+            pending.append((src, dst, img, x))
+            if len(pending) >= limit:
+                flush()
+        flush()
+    finally:
+        if ahead is not None:
+            ahead.stop()  # a reader waiting for room stops waiting
+        with contextlib.suppress(Exception):
+            reader.close()  # type: ignore[attr-defined]
+    seconds = time.perf_counter() - start
     bar.close()
-    result = FilesResult(done, total, skipped, failed)
+    result = FilesResult(done, total, skipped, failed, seconds=seconds, device=device)
     if ranks.active:  # one merged result on rank 0; every rank knows whether anything failed
-        parts = ranks.gather((done, failed))
+        parts = ranks.gather((done, failed, seconds))
         ranks.close()
-        result.done = sum(d for d, _ in parts)
-        result.failed = [m for _, f in parts for m in f]
+        result.done = sum(d for d, _, _ in parts)
+        result.failed = [m for _, f, _ in parts for m in f]
+        result.seconds = max(t for *_, t in parts)
         result.ranks, result.main = ranks.world, ranks.main
     return result
