@@ -65,6 +65,23 @@ def test_hand_built_per_layer_values_are_exact() -> None:
     assert l0["max_sum_deviation"] == 0.0 and l0["no_expert_tokens"] == 0
 
 
+def test_routing_entropy_and_top1_weight_are_exact() -> None:
+    """Layer 0 of group "a": tokens with weights (.5,.5), (1), (.25 x4), (.75,.25)."""
+    import math
+
+    s = _hand_built().summary()
+    l0, l1 = s["groups"]["a"]["layers"]
+    h = [math.log(2), 0.0, math.log(4), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))]
+    assert l0["entropy"] == pytest.approx(sum(h) / 4, abs=1e-12)
+    assert l0["top1_weight"] == pytest.approx((0.5 + 1 + 0.25 + 0.75) / 4, abs=1e-12)
+    assert l1["entropy"] == pytest.approx(math.log(2), abs=1e-12)
+    mean = s["groups"]["a"]["mean"]
+    assert mean["entropy"] == pytest.approx((l0["entropy"] + l1["entropy"]) / 2, abs=1e-12)
+    b = s["groups"]["b"]["mean"]  # one expert at weight 1: no spread at all
+    assert (b["entropy"], b["top1_weight"]) == (0.0, 1.0)
+    assert "routing entropy" in to_markdown(s)
+
+
 def test_hand_built_layer_average_and_groups() -> None:
     s = _hand_built().summary()
     m = s["groups"]["a"]["mean"]
@@ -128,7 +145,7 @@ def test_add_rejects_a_different_model() -> None:
 def test_markdown_lists_top_experts_in_order() -> None:
     md = to_markdown({**_hand_built().summary(), "meta": {"model": "hand-built"}})
     assert "- model: hand-built" in md
-    assert "| a | 2 | 4 | 2.125 | 0.0e+00 |" in md
+    assert "| a | 2 | 4 | 2.125 | 0.677 | 0.562 | 0.0e+00 |" in md
     top_a = md.split("## Top-4 experts: a")[1].split("##")[0]
     assert [line.split("|")[2].strip() for line in top_a.strip().splitlines()[2:]] == [
         "2",

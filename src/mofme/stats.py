@@ -49,6 +49,8 @@ class _LayerCounts:
     hist: np.ndarray = field(init=False)  # (E + 1,) int64: tokens with k active experts, k = 0..E
     tokens: int = 0
     max_sum_dev: float = 0.0  # max over tokens of |Σ_e w_e − 1|
+    entropy_sum: float = 0.0  # Σ_tokens H(w) = −Σ_e w_e·ln w_e (nats, over the used experts)
+    top1_sum: float = 0.0  # Σ_tokens max_e w_e
 
     def __post_init__(self) -> None:
         self.weight_sum = np.zeros(self.num_experts, np.float64)
@@ -61,6 +63,8 @@ class _LayerCounts:
         self.hist += reduced["hist"]
         self.tokens += reduced["tokens"]
         self.max_sum_dev = max(self.max_sum_dev, reduced["max_sum_dev"])
+        self.entropy_sum += reduced["entropy_sum"]
+        self.top1_sum += reduced["top1_sum"]
 
 
 def _reduce(weights: Tensor) -> dict[str, Any]:
@@ -78,6 +82,10 @@ def _reduce(weights: Tensor) -> dict[str, Any]:
         "hist": torch.bincount(per_token, minlength=e + 1).cpu().numpy().astype(np.int64),
         "tokens": int(w.shape[0]),
         "max_sum_dev": float((w64.sum(-1) - 1.0).abs().max()) if w.shape[0] else 0.0,
+        # How concentrated each token's routing is: the entropy of its weights (0 = one expert;
+        # ln k = k equal experts) and the weight of its strongest expert.
+        "entropy_sum": float(-(w64 * torch.where(used, w64, 1.0).log()).sum()),
+        "top1_sum": float(w64.max(-1).values.sum()) if w.shape[0] else 0.0,
     }
 
 
@@ -147,7 +155,9 @@ class RoutingStats:
         ``{"num_experts", "num_layers", "groups": {name: {"samples", "tokens", "layers": [...],
         "mean": averaged over layers}}}``. Each per-layer / mean entry holds ``mean_weight``
         ``[E]``, ``frequency`` ``[E]``, ``top`` (up to 8 ``[expert, mean weight]`` pairs, by
-        weight descending, ties by expert id), ``mean_active``, ``active_hist`` (token counts
+        weight descending, ties by expert id), ``mean_active``, ``entropy`` (mean routing entropy
+        in nats over each token's weights), ``top1_weight`` (mean weight of each token's
+        strongest expert), ``active_hist`` (token counts
         for 1..E active experts; summed over layers in ``mean``), ``no_expert_tokens`` (tokens
         with all weights 0, expected 0) and ``max_sum_deviation``.
         """
@@ -168,6 +178,8 @@ class RoutingStats:
                     "frequency": frequency.tolist(),
                     "top": _top(mean_weight),
                     "mean_active": float(np.mean([d["mean_active"] for d in per_layer])),
+                    "entropy": float(np.mean([d["entropy"] for d in per_layer])),
+                    "top1_weight": float(np.mean([d["top1_weight"] for d in per_layer])),
                     "active_hist": hist[1:].tolist(),
                     "no_expert_tokens": int(hist[0]),
                     "max_sum_deviation": max(d["max_sum_deviation"] for d in per_layer),
@@ -189,6 +201,8 @@ def _describe(c: _LayerCounts) -> dict[str, Any]:
         "frequency": (c.active / tokens).tolist(),
         "top": _top(mean_weight),
         "mean_active": float(c.active.sum() / tokens),
+        "entropy": c.entropy_sum / tokens,
+        "top1_weight": c.top1_sum / tokens,
         "active_hist": c.hist[1:].tolist(),
         "no_expert_tokens": int(c.hist[0]),
         "max_sum_deviation": c.max_sum_dev,
@@ -327,14 +341,19 @@ def to_markdown(summary: dict[str, Any]) -> str:
         "weight of the expert over all tokens (0 where not selected); frequency = share of "
         "tokens that use the expert. Values are averaged over layers.",
         "",
-        "| group | images / frames | tokens | mean active experts | max abs(sum w - 1) |",
-        "|---|---:|---:|---:|---:|",
+        "Routing entropy = mean over tokens of −Σ w·ln w over the token's experts (nats; 0 = "
+        "one expert, ln k = k equal ones); top-1 weight = mean weight of each token's strongest "
+        "expert. Both measure how concentrated the routing is.",
+        "",
+        "| group | images / frames | tokens | mean active experts | routing entropy | top-1 weight "
+        "| max abs(sum w - 1) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, g in groups.items():
         m = g["mean"]
         lines.append(
             f"| {name} | {g['samples']:,} | {g['tokens']:,} | {m['mean_active']:.3f} "
-            f"| {m['max_sum_deviation']:.1e} |"
+            f"| {m['entropy']:.3f} | {m['top1_weight']:.3f} | {m['max_sum_deviation']:.1e} |"
         )
     for name, g in groups.items():
         m = g["mean"]
