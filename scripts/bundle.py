@@ -124,6 +124,13 @@ def main() -> None:
         "held_out": held_out(model, args.bench, kind, inference["tile"], args.held_out_per_set),
         "inference": inference,
     }
+    init = cfg.get("train", {}).get("init")
+    if init and Path(init).is_file():  # a continued run: keep what the first stage cost
+        prev = dict(getattr(load(init), "extra", {})).get("card", {})
+        card["previous_stage"] = {
+            "init": str(init),
+            **{k: prev.get(k) for k in ("trained_on", "crop", "steps", "train_seconds")},
+        }
     save(model, args.out, model.step, extra={**extra, "card": card})
     print(json.dumps(card, indent=1))
 
