@@ -7,7 +7,7 @@
 # linear router trained with top-p 0.6.
 set -euo pipefail
 ROUTERS=${ROUTERS:-"linear uar"}
-OUT=${OUT:-results/routing_study}
+OUT=${OUT:-docs/results/routing16}
 mkdir -p "$OUT"
 [ -d data/rvsd2 ] || mofme synth rvsd --out data/rvsd2 --videos 64 --test-videos 6 --frames 12 \
   --size 128x160 --seed 7 --quiet
@@ -21,14 +21,19 @@ for r in $ROUTERS; do
   run=$(printf '%s\n' "${extra[@]}" | sed -n 's/^out=//p' | tail -1)
   [ -f "$run/model_last.safetensors" ] || mofme train configs/bundled_video.yaml "${extra[@]}" --no-progress
   ckpt=$run/model_last.safetensors
-  mofme test "$ckpt" --data data/rvsd2 --no-progress --input-baseline --routing "$SWEEP" \
-    --flops-size none --out "$OUT/sweep_$r.json" --overwrite | tee "$OUT/sweep_$r.md"
+  mofme test "$ckpt" --data data/rvsd2 --no-progress --input-baseline --precision fp32 \
+    --routing "$SWEEP" --flops-size none --out "$OUT/sweep_$r.json" --plot "$OUT/sweep_$r.png" \
+    --overwrite | tee "$OUT/sweep_$r.md"
   for routing in topk:4 topp:0.6; do
     tag=${routing/:/}
     mofme stats "$ckpt" --data data/rvsd2 --routing "$routing" --out "$OUT/stats_${r}_$tag" \
       --overwrite --no-progress
   done
 done
-# End to end: the experts' share of time and FLOPs at the report's setting, and frame time at
-# top-4 vs top-p 0.6 vs dense (paper preset, 16 experts, 480x720 frames).
-mofme bench --preset paper --size 480x720 --repeat 5 --json "$OUT/bench_paper.json" | tee "$OUT/bench_paper.md"
+# End to end: the experts' share of a 480x720 frame's time and FLOPs, and the frame time at
+# top-4 vs top-p 0.6 vs dense: the bundled video model (trained routing), and the paper
+# preset with 16 experts (random weights: top-4 vs dense only).
+python scripts/expert_share.py video --size 480x720 --rounds 3 \
+  --json "$OUT/expert_share_video.json" | tee "$OUT/expert_share_video.md"
+python scripts/expert_share.py --preset paper --experts 16 --in-channels 6 --size 480x720 \
+  --rounds 2 --routings topk:4,dense --json "$OUT/expert_share_paper.json" | tee "$OUT/expert_share_paper.md"
