@@ -16,18 +16,9 @@ from safetensors.torch import load_file
 
 from mofme.config import from_dict
 from mofme.train import Trainer, TrainRunConfig
+from tiny import TINY_MODEL
 
 WORLD = 2
-TINY_MODEL = {
-    "preset": "tiny",
-    "dim": 32,
-    "depth": 1,
-    "num_experts": 4,
-    "heads": 2,
-    "head_dim": 16,
-    "head_channels": 8,
-    "unpatch_channels": 16,
-}
 
 
 def _free_port() -> int:

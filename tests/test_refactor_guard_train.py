@@ -26,20 +26,14 @@ from safetensors.torch import load_file
 
 from mofme.config import from_dict
 from mofme.train import TrainRunConfig, train
+from tiny import TINY_MODEL
 
 GOLDEN = Path(__file__).parent / "data" / "train_guard.json"
 WRITE = os.environ.get("MOFME_WRITE_GOLDEN") == "1"
 LOGGED = ("loss", "smooth_l1", "aux", "grad_norm", "lr")
 
 MODEL = {
-    "preset": "tiny",
-    "dim": 32,
-    "depth": 1,
-    "num_experts": 4,
-    "heads": 2,
-    "head_dim": 16,
-    "head_channels": 8,
-    "unpatch_channels": 16,
+    **TINY_MODEL,
     "router": "uar",  # Monte-Carlo dropout: the run depends on every RNG stream being in step
     "uar_samples": 2,
     "dropout": 0.1,

@@ -32,20 +32,10 @@ from mofme.train import (
     resolve_model,
     train,
 )
+from tiny import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A very small network: the loop is under test, not the architecture.
-TINY_MODEL = {
-    "preset": "tiny",
-    "dim": 32,
-    "depth": 1,
-    "num_experts": 4,
-    "heads": 2,
-    "head_dim": 16,
-    "head_channels": 8,
-    "unpatch_channels": 16,
-}
 
 
 # ----------------------------------------------------------------------------------- fixtures

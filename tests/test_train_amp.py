@@ -21,17 +21,7 @@ from mofme.inference import precision
 from mofme.inference.precision import ProbeResult
 from mofme.train import Trainer, TrainRunConfig, load_config, train
 from mofme.training.logs import Window
-
-TINY_MODEL = {
-    "preset": "tiny",
-    "dim": 32,
-    "depth": 1,
-    "num_experts": 4,
-    "heads": 2,
-    "head_dim": 16,
-    "head_channels": 8,
-    "unpatch_channels": 16,
-}
+from tiny import TINY_MODEL
 
 
 @pytest.fixture(autouse=True)
