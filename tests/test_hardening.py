@@ -411,3 +411,24 @@ def test_sigkill_then_resume(tmp_path, capsys):
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "state_last.pt" in errors[0] and "Traceback" not in err
     assert (run / "log.jsonl").read_bytes() == log_before
+
+
+def test_run_folder_removes_temp_files_of_a_killed_save(tmp_path: Path) -> None:
+    """Both temp-name styles of a SIGKILLed atomic save go when the run is resumed; a live
+    process's temp file stays."""
+    from mofme.training.rundir import RunFolder
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (tmp_path / "state_last.pt").write_bytes(b"state")
+    stale = [f".state_last.tmp-{dead}.ab12.pt", f".log.jsonl.tmp-{dead}.cd34.tmp"]
+    alive = f".model_last.tmp-{os.getpid()}.ef56.safetensors"
+    for name in (*stale, alive):
+        (tmp_path / name).write_bytes(b"half")
+    run = RunFolder(tmp_path, main=True)
+    try:
+        run.prepare(resume=True, overwrite=False)
+    finally:
+        run.release()
+    assert not any((tmp_path / n).exists() for n in stale)
+    assert (tmp_path / alive).exists()

@@ -56,10 +56,11 @@ class RunFolder:
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / "tb", ignore_errors=True)
-        # A run killed (SIGKILL) in the middle of an atomic save leaves its temp file.
-        for name in RUN_FILES:
-            for stale in self.path.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+        # A run killed (SIGKILL) in the middle of an atomic save leaves its temp file (named
+        # with its dead pid; the lock above means no live writer of this run is left).
+        from mofme.data.io import remove_stale_temps
+
+        remove_stale_temps(self.path)
 
     def _refuse(self, message: str) -> MofmeError:
         """The error for a refused start, after releasing the lock taken for it."""
