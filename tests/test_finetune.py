@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
 from mofme import checkpoint
@@ -21,27 +20,12 @@ from mofme.model.analysis import _part_of
 from mofme.model.net import MoFMENet
 from mofme.train import Trainer, TrainRunConfig, load_config, train
 from mofme.weights import bundled_path
-
-
-def _clean(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Smooth colour gradient with a few flat blocks, uint8 ``(size, size, 3)``."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    c = rng.uniform(0.2, 0.8, size=(3, 3))
-    img = np.stack([c[i, 0] + 0.3 * c[i, 1] * xx + 0.3 * c[i, 2] * yy for i in range(3)], -1)
-    for _ in range(3):
-        y0, x0 = rng.integers(0, size - 8, size=2)
-        img[y0 : y0 + 8, x0 : x0 + 8] = rng.uniform(0, 1, size=3)
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+from tiny import clean_image, save_png
 
 
 def _tint(img: np.ndarray) -> np.ndarray:
     """A degradation the bundled weights never saw: a strong warm colour cast."""
     return (img.astype(np.float32) * np.array([1.0, 0.8, 0.55]) + [10, 6, 0]).astype(np.uint8)
-
-
-def _save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +35,9 @@ def pairs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("test_tint", 4)):
         for i in range(n):
-            clean = _clean(rng, 40)
-            _save(root / split / "input" / f"{i}.png", _tint(clean))
-            _save(root / split / "gt" / f"{i}.png", clean)
+            clean = clean_image(rng, 40)
+            save_png(root / split / "input" / f"{i}.png", _tint(clean))
+            save_png(root / split / "gt" / f"{i}.png", clean)
     return root
 
 
@@ -62,11 +46,11 @@ def video_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RVSD layout: one train video of 4 frames, 32x32."""
     root = tmp_path_factory.mktemp("rvsd_ft")
     rng = np.random.default_rng(1)
-    clean = _clean(rng, 40)
+    clean = clean_image(rng, 40)
     for f in range(4):
         frame = np.roll(clean, f, axis=1)[:32, :32]
-        _save(root / "train" / "clean" / "v0" / f"{f}.png", frame)
-        _save(root / "train" / "snow" / "v0" / f"{f}.png", _tint(frame))
+        save_png(root / "train" / "clean" / "v0" / f"{f}.png", frame)
+        save_png(root / "train" / "snow" / "v0" / f"{f}.png", _tint(frame))
     return root
 
 

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from mofme.config import from_dict
 from mofme.train import TrainRunConfig, train
-from tiny import TINY_MODEL
+from tiny import TINY_MODEL, save_png
 
 GOLDEN = Path(__file__).parent / "data" / "train_guard.json"
 WRITE = os.environ.get("MOFME_WRITE_GOLDEN") == "1"
@@ -54,25 +53,20 @@ def _rain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("guard")
     rng = np.random.default_rng(7)
     for i in range(6):
         clean = _image(rng, 32)
-        _save(base / "img" / "train" / "input" / f"{i}.png", _rain(clean, rng))
-        _save(base / "img" / "train" / "gt" / f"{i}.png", clean)
+        save_png(base / "img" / "train" / "input" / f"{i}.png", _rain(clean, rng))
+        save_png(base / "img" / "train" / "gt" / f"{i}.png", clean)
     for v in range(3):
         clean = _image(rng, 40)
         for f in range(4):
             frame = np.roll(clean, 2 * f, axis=1)[:32, :32]
-            _save(base / "vid" / "train" / "clean" / f"v{v}" / f"{f}.png", frame)
-            _save(base / "vid" / "train" / "snow" / f"v{v}" / f"{f}.png", _rain(frame, rng))
+            save_png(base / "vid" / "train" / "clean" / f"v{v}" / f"{f}.png", frame)
+            save_png(base / "vid" / "train" / "snow" / f"v{v}" / f"{f}.png", _rain(frame, rng))
     return {"image": base / "img", "video": base / "vid"}
 
 

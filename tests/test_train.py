@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
 from mofme.cli import main as cli_main
@@ -32,24 +31,12 @@ from mofme.train import (
     resolve_model,
     train,
 )
-from tiny import TINY_MODEL
+from tiny import TINY_MODEL, clean_image, save_png
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 # ----------------------------------------------------------------------------------- fixtures
-
-
-def _clean_image(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Smooth colour gradient plus a few blocks, uint8 ``(size, size, 3)``."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    c = rng.uniform(0.2, 0.8, size=(3, 3))
-    img = np.stack([c[i, 0] + 0.3 * c[i, 1] * xx + 0.3 * c[i, 2] * yy for i in range(3)], -1)
-    for _ in range(3):
-        y0, x0 = rng.integers(0, size - 8, size=2)
-        img[y0 : y0 + 8, x0 : x0 + 8] = rng.uniform(0, 1, size=3)
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
 def _degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -60,11 +47,6 @@ def _degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out.clip(0, 255).astype(np.uint8)
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MoFME layout: train (8 pairs), test_rain and test_snow (2 pairs each), 40x40."""
@@ -72,9 +54,9 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     for split, n in (("train", 8), ("test_rain", 2), ("test_snow", 2)):
         for i in range(n):
-            clean = _clean_image(rng, 40)
-            _save(root / split / "input" / f"{i}.png", _degrade(clean, rng))
-            _save(root / split / "gt" / f"{i}.png", clean)
+            clean = clean_image(rng, 40)
+            save_png(root / split / "input" / f"{i}.png", _degrade(clean, rng))
+            save_png(root / split / "gt" / f"{i}.png", clean)
     return root
 
 
@@ -85,11 +67,11 @@ def video_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(1)
     for split, videos, frames in (("train", 2, 5), ("test", 1, 4)):
         for v in range(videos):
-            clean = _clean_image(rng, 40)
+            clean = clean_image(rng, 40)
             for f in range(frames):
                 frame = np.roll(clean, f, axis=1)[:32, :32]
-                _save(root / split / "clean" / f"v{v}" / f"{f}.png", frame)
-                _save(root / split / "snow" / f"v{v}" / f"{f}.png", _degrade(frame, rng))
+                save_png(root / split / "clean" / f"v{v}" / f"{f}.png", frame)
+                save_png(root / split / "snow" / f"v{v}" / f"{f}.png", _degrade(frame, rng))
     return root
 
 
