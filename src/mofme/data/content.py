@@ -116,6 +116,62 @@ def colour_cast(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(dark + grey * (light - dark), 0.0, 1.0).astype(np.float32)
 
 
+LOOK_SHARE = 0.5
+"""Share of training items whose clean content gets a photographic :class:`Look`."""
+
+
+@dataclass(frozen=True)
+class Look:
+    """How a photo happens to look: veil (natural haze, low contrast), white balance, tone curve
+    and saturation. Training content gets one at random, and the *target* keeps it: haze, a
+    colour cast or a flat tone already in a photo is content, not weather, so the network must
+    learn to leave them alone (and to tell them from weather by more than global colour).
+
+    ``veil``: blend weight toward ``veil_colour`` (0 = none); ``gains``: per-channel white
+    balance; ``gamma``: tone curve exponent; ``saturation``: 1 = unchanged.
+    """
+
+    veil: float = 0.0
+    veil_colour: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    gamma: float = 1.0
+    saturation: float = 1.0
+
+    def apply(self, img: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` float in [0, 1] -> float32 ``(H, W, 3)`` in [0, 1] (deterministic, so a
+        clip's frames all get the same look)."""
+        out = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        out = out * np.asarray(self.gains, dtype=np.float32)
+        out = np.clip(out, 0.0, 1.0) ** np.float32(self.gamma)
+        grey = out.mean(axis=2, keepdims=True)
+        out = grey + np.float32(self.saturation) * (out - grey)
+        colour = np.asarray(self.veil_colour, dtype=np.float32)
+        out = (1.0 - self.veil) * out + self.veil * colour
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def draw_look(rng: np.random.Generator, share: float = LOOK_SHARE) -> Look | None:
+    """A random :class:`Look` for a share ``share`` of items (else ``None``); each part is
+    present half of the time, at strengths seen in ordinary photos."""
+    if rng.random() >= share:
+        return None
+    on = rng.random(4) < 0.5
+    if not on.any():
+        on[int(rng.integers(4))] = True
+    tone = rng.uniform(0.45, 0.9)
+    tint = np.exp(rng.normal(0.0, 0.06, 3))
+    veil_colour = tuple(float(c) for c in np.clip(tone * tint, 0.0, 1.0))
+    gains = np.exp(rng.normal(0.0, 0.07, 3))
+    gains = gains / gains.mean()
+    return Look(
+        veil=float(rng.uniform(0.08, 0.4)) if on[0] else 0.0,
+        veil_colour=veil_colour,  # type: ignore[arg-type]
+        gains=tuple(float(g) for g in gains) if on[1] else (1.0, 1.0, 1.0),  # type: ignore[arg-type]
+        gamma=float(math.exp(rng.uniform(math.log(0.8), math.log(1.25)))) if on[2] else 1.0,
+        saturation=float(rng.uniform(0.6, 1.35)) if on[3] else 1.0,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Dead leaves
 # --------------------------------------------------------------------------------------------

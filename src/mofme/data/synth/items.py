@@ -19,7 +19,14 @@ import numpy as np
 from PIL import Image
 
 from mofme.data.clips import camera_clip, video_clip, video_length
-from mofme.data.content import LEAVES_SHARE, colour_cast, dead_leaves, training_view
+from mofme.data.content import (
+    LEAVES_SHARE,
+    Look,
+    colour_cast,
+    dead_leaves,
+    draw_look,
+    training_view,
+)
 from mofme.data.io import atomic_write_bytes, to_uint8
 from mofme.data.synth.runner import worker_sources
 from mofme.data.weather import ALL_TYPES, CLEAN, SEVERITIES, apply_weather, snow_video
@@ -59,6 +66,22 @@ def is_identity(seed: int, stream: int, index: int, share: float) -> bool:
     """Whether an item is an identity pair (clean -> clean). Its own generator, so the choice
     is known when naming files, before the item is drawn."""
     return bool(np.random.default_rng([seed, stream, index, 1]).random() < share)
+
+
+def item_look(seed: int, stream: int, index: int, jitter: bool) -> Look | None:
+    """The photographic look of a training item's clean content (:func:`draw_look`), or
+    ``None``; its own generator, so the weather drawn for the item does not depend on it.
+    Benchmark items (``jitter`` off) keep their photos as they are."""
+    return draw_look(np.random.default_rng([seed, stream, index, 2])) if jitter else None
+
+
+def _look_record(look: Look | None) -> dict[str, Any] | None:
+    if look is None:
+        return None
+    return {
+        k: (round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v])
+        for k, v in vars(look).items()
+    }
 
 
 def png_bytes(img: np.ndarray) -> bytes:
@@ -115,6 +138,9 @@ def image_job(job: ImageJob) -> dict[str, Any]:
     else:
         render_hw, view = (h, w), 1.0
     clean = training_view(worker_sources(), render_hw, rng, job.leaves_share)
+    look = item_look(job.seed, job.stream, job.index, job.jitter)
+    if look is not None:
+        clean = look.apply(clean)
     severity, strength = draw_severity(rng, job.severity, job.jitter)
     degraded = apply_weather(job.weather, clean, rng, severity, strength, view)
     clean8 = _resize_u8(to_uint8(clean), job.size_hw)
@@ -138,6 +164,8 @@ def image_job(job: ImageJob) -> dict[str, Any]:
         "render_hw": list(render_hw),
         "psnr": round(psnr_u8(deg8, clean8), 3),
     }
+    if look is not None:
+        record["look"] = _look_record(look)
     if job.copy_to is not None:
         record["copy"] = f"{job.copy_to}/input/{job.index:05d}.png"
     return record
@@ -188,6 +216,9 @@ def video_job(job: VideoJob) -> dict[str, Any]:
         photo = colour_cast(src.image.astype(np.float32) / 255.0, rng) if src.grey else src.image
         frames = camera_clip(photo, job.n_frames, job.size_hw, rng)
         source = {"photo": src_i}
+    look = item_look(job.seed, job.stream, job.index, job.jitter)
+    if look is not None:
+        frames = [look.apply(f) for f in frames]
     severity, strength = draw_severity(rng, job.severity, job.jitter)
     if job.identity:
         snowy, severity, strength = [np.array(f, dtype=np.float32) for f in frames], "none", 0.0
@@ -211,4 +242,5 @@ def video_job(job: VideoJob) -> dict[str, Any]:
         "strength": round(strength, 3),
         "source": source,
         "psnr_mean": round(float(np.mean(psnrs)), 3),
+        **({"look": _look_record(look)} if look is not None else {}),
     }
