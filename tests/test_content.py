@@ -95,3 +95,44 @@ def test_write_benchmark_layout(tmp_path: Path) -> None:
     )
     assert json.loads((out / "meta.json").read_text())["photos"] == list(content.HELD_OUT_PHOTOS)
     assert meta["sets"] == sorted(meta["sets"], key=lambda s: meta["sets"].index(s))
+
+
+def test_look_is_deterministic_in_range_and_changes_the_photo() -> None:
+    img = content.random_view(content.clean_sources()[0], (40, 56), np.random.default_rng(0))
+    looks = [content.draw_look(np.random.default_rng(i)) for i in range(400)]
+    drawn = [lk for lk in looks if lk is not None]
+    assert 0.4 <= len(drawn) / len(looks) <= 0.6  # LOOK_SHARE = 0.5
+    assert content.draw_look(np.random.default_rng(3), share=0.0) is None
+    for lk in drawn[:20]:
+        out = lk.apply(img)
+        assert out.shape == img.shape and out.dtype == np.float32
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        assert np.array_equal(out, lk.apply(img))
+        assert np.abs(out - img).mean() > 1e-3  # at least one part is on
+    assert np.allclose(content.Look().apply(img), img, atol=1e-6)  # neutral look: identity
+    # A veil lowers contrast toward its colour, as natural haze does.
+    veiled = content.Look(veil=0.3, veil_colour=(0.7, 0.7, 0.7)).apply(img)
+    assert veiled.std() == pytest.approx(0.7 * img.std(), rel=1e-4)
+
+
+def test_training_items_keep_their_look_in_the_target_and_bench_has_none(tmp_path: Path) -> None:
+    """The look is content: the ground truth carries it (an identity pair stays exact); clips
+    get looks too; benchmark photos are left as they are."""
+    out = tmp_path / "aw"
+    meta = synth.write_allweather(out, 24, 0, size_hw=(32, 32), progress=False, identity_share=1.0)
+    looked = [r for r in meta["files"] if "look" in r]
+    assert 4 <= len(looked) <= 20
+    for r in looked:
+        assert np.array_equal(_rgb(out / r["input"]), _rgb(out / r["gt"]))
+    vmeta = synth.write_rvsd(tmp_path / "rv", 8, 3, size_hw=(24, 32), seed=1, progress=False)
+    assert any("look" in v for v in vmeta["videos"])
+    bench = synth.write_benchmark(
+        tmp_path / "bench",
+        n_per_set=1,
+        size_hw=(16, 16),
+        n_clips=1,
+        n_frames=2,
+        clip_size_hw=(16, 24),
+        progress=False,
+    )
+    assert not any("look" in r for r in bench["files"] + bench["videos"])
