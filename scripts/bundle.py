@@ -85,6 +85,49 @@ def held_out(
             **{f"min_gain_{k}": round(min(v), 2) for k, v in gains.items()}}  # fmt: skip
 
 
+def _data_meta(cfg: dict[str, Any]) -> dict[str, Any]:
+    meta_path = Path(cfg.get("data", {}).get("root", "")) / "meta.json"
+    if not meta_path.is_file():
+        return {}
+    m = json.loads(meta_path.read_text())
+    return {k: m.get(k) for k in ("kind", "seed", "size_hw", "n_train", "n_test",
+                                  "identity_share", "content")}  # fmt: skip
+
+
+def _run_seconds(run: Path) -> float | None:
+    log_path = run / "log.jsonl"
+    if not log_path.is_file():
+        return None
+    log = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+    return max((e.get("elapsed_s", e.get("time", 0)) or 0) for e in log) if log else None
+
+
+def _previous_stages(init: str | None) -> list[dict[str, Any]]:
+    """The chain of runs a continued run started from, newest first: each one's data, crop,
+    steps and training time, from its model card or, for a checkpoint never bundled, from the
+    training config and run folder it records."""
+    stages: list[dict[str, Any]] = []
+    while init and Path(init).is_file() and len(stages) < 16:
+        extra = dict(getattr(load(init), "extra", {}))
+        card, cfg = extra.get("card"), extra.get("train_config", {})
+        if card:
+            stage = {k: card.get(k) for k in ("trained_on", "crop", "steps", "train_seconds")}
+        else:
+            run = Path(cfg.get("out", ""))
+            stage = {"trained_on": _data_meta(cfg), "crop": cfg.get("data", {}).get("crop"),
+                     "steps": cfg.get("train", {}).get("steps"),
+                     "train_seconds": _run_seconds(run) if run.is_dir() else None}  # fmt: skip
+        stages.append({"init": str(init), **stage})
+        if card and card.get("previous_stages"):
+            stages += card["previous_stages"]
+            break
+        if card and card.get("previous_stage"):  # cards written before the chain was kept
+            stages.append(card["previous_stage"])
+            break
+        init = cfg.get("train", {}).get("init")
+    return stages
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="training run folder (model_last.safetensors)")
@@ -100,14 +143,7 @@ def main() -> None:
     extra = dict(getattr(model, "extra", {}))
     cfg = extra.get("train_config", {})
     kind = extra.get("kind", "image")
-    data_meta = {}
-    meta_path = Path(cfg.get("data", {}).get("root", "")) / "meta.json"
-    if meta_path.is_file():
-        m = json.loads(meta_path.read_text())
-        data_meta = {k: m.get(k) for k in ("kind", "seed", "size_hw", "n_train", "n_test",
-                                           "identity_share", "content")}  # fmt: skip
-    log = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines() if line]
-    seconds = max((e.get("elapsed_s", e.get("time", 0)) or 0) for e in log) if log else None
+    data_meta, seconds = _data_meta(cfg), _run_seconds(args.run)
     inference = (
         {"tile": 0, "note": "video clips are scored whole-frame"}
         if kind == "video"
@@ -124,13 +160,12 @@ def main() -> None:
         "held_out": held_out(model, args.bench, kind, inference["tile"], args.held_out_per_set),
         "inference": inference,
     }
-    init = cfg.get("train", {}).get("init")
-    if init and Path(init).is_file():  # a continued run: keep what the first stage cost
-        prev = dict(getattr(load(init), "extra", {})).get("card", {})
-        card["previous_stage"] = {
-            "init": str(init),
-            **{k: prev.get(k) for k in ("trained_on", "crop", "steps", "train_seconds")},
-        }
+    stages = _previous_stages(cfg.get("train", {}).get("init"))
+    if stages:  # a continued run: keep what every earlier stage cost
+        card["previous_stages"] = stages
+        card["total_train_seconds"] = round(
+            (seconds or 0) + sum(st.get("train_seconds") or 0 for st in stages), 1
+        )
     save(model, args.out, model.step, extra={**extra, "card": card})
     print(json.dumps(card, indent=1))
 

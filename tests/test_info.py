@@ -70,3 +70,24 @@ def test_flops_include_attention_and_parts_add_up() -> None:
     )
     assert rep.parts["encoder"] > qkv_out_and_attention
     assert rep.total == pytest.approx(sum(rep.parts.values()))
+
+
+def test_info_prints_the_card_and_one_line_per_earlier_stage(tmp_path, capsys) -> None:
+    path = tmp_path / "m.safetensors"
+    stages = [
+        {"init": "runs/s2.safetensors", "steps": 2000, "crop": 96, "train_seconds": 1771.4,
+         "trained_on": {"kind": "rvsd", "seed": 11, "n_train": 234}},
+        {"init": "runs/s1.safetensors", "steps": 4000, "crop": 96, "train_seconds": 4461.3,
+         "trained_on": {"kind": "rvsd", "seed": 7, "n_train": 58}},
+    ]  # fmt: skip
+    card = {"kind": "video", "steps": 4500, "previous_stages": stages}
+    checkpoint.save(MoFMENet.from_preset("tiny"), path, step=7, extra={"card": card})
+    assert main(["info", str(path), "--size", "16x16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("model card (how it was trained and what it measured on held-out photos)")
+    card_lines = lines[start + 1 :]
+    assert card_lines[0].split() == ["kind", "video"]
+    assert "runs/s2.safetensors: 2000 steps, crop 96, 1771.4 s, data rvsd seed 11" in card_lines[2]
+    assert card_lines[2].lstrip().startswith("previous_stages")
+    assert "runs/s1.safetensors: 4000 steps" in card_lines[3]
+    assert not card_lines[3].lstrip().startswith("previous_stages")

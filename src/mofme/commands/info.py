@@ -100,6 +100,16 @@ def run(args: argparse.Namespace) -> int:
     if card:
         print("model card (how it was trained and what it measured on held-out photos)")
         for key, value in card.items():
+            if key == "previous_stages" and isinstance(value, list):
+                # One line per earlier stage, newest first: what each cost and saw.
+                for i, st in enumerate(value):
+                    data = st.get("trained_on") or {}
+                    print(
+                        f"  {key if i == 0 else '':<16} {st.get('init')}: {st.get('steps')} "
+                        f"steps, crop {st.get('crop')}, {st.get('train_seconds')} s, data "
+                        f"{data.get('kind')} seed {data.get('seed')} ({data.get('n_train')} train)"
+                    )
+                continue
             text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
             print(f"  {key:<16} {text}")
     return 0
