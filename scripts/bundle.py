@@ -25,6 +25,7 @@ import torch
 from mofme.checkpoint import load, save
 from mofme.data.pairs import find_pairs, find_videos
 from mofme.evaluate import InputAsOutput, evaluate_images, evaluate_videos, limit_per_group
+from mofme.results import severity_gains
 
 TOLERANCE_DB = 0.05
 CANDIDATES = (0, 384, 256, 192, 128)  # 0 = whole image; cheapest first on CPU
@@ -69,20 +70,15 @@ def held_out(
                         "ssim": round(res.average["ssim"], 4)}  # fmt: skip
         return out
     pairs = limit_per_group(find_pairs(bench / "images", "mofme", "test"), per_set)
-    base = {r["name"]: r for r in evaluate_images(InputAsOutput(), pairs, progress=False).rows}
-    res = evaluate_images(model, pairs, tile=tile or None, progress=False)
-    gains: dict[str, list[float]] = {}
-    clean = None
-    for r in res.rows:
-        if r["name"] == "clean":
-            clean = round(r["psnr"], 2)
-            continue
-        gains.setdefault(r["name"].rsplit("_", 1)[-1], []).append(
-            r["psnr"] - base[r["name"]]["psnr"]
-        )
-    return {"clean_psnr": clean,
-            **{f"mean_gain_{k}": round(sum(v) / len(v), 2) for k, v in gains.items()},
-            **{f"min_gain_{k}": round(min(v), 2) for k, v in gains.items()}}  # fmt: skip
+    base = {
+        r["name"]: r["psnr"] for r in evaluate_images(InputAsOutput(), pairs, progress=False).rows
+    }
+    res = {r["name"]: r["psnr"] for r in evaluate_images(
+        model, pairs, tile=tile or None, progress=False).rows}  # fmt: skip
+    gains = severity_gains(res, base)
+    return {"clean_psnr": round(res["clean"], 2) if "clean" in res else None,
+            **{f"mean_gain_{k}": round(g["mean"], 2) for k, g in gains.items()},
+            **{f"min_gain_{k}": round(g["worst"], 2) for k, g in gains.items()}}  # fmt: skip
 
 
 def _data_meta(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +139,9 @@ def main() -> None:
     extra = dict(getattr(model, "extra", {}))
     cfg = extra.get("train_config", {})
     kind = extra.get("kind", "image")
-    data_meta, seconds = _data_meta(cfg), _run_seconds(args.run)
+    # A weight soup (scripts/soup.py) has no log of its own: its first part's run has.
+    data_meta = _data_meta(cfg)
+    seconds = _run_seconds(args.run) or _run_seconds(Path(cfg.get("out", "")))
     inference = (
         {"tile": 0, "note": "video clips are scored whole-frame"}
         if kind == "video"
@@ -160,6 +158,8 @@ def main() -> None:
         "held_out": held_out(model, args.bench, kind, inference["tile"], args.held_out_per_set),
         "inference": inference,
     }
+    if extra.get("soup"):
+        card["soup"] = extra["soup"]
     stages = _previous_stages(cfg.get("train", {}).get("init"))
     if stages:  # a continued run: keep what every earlier stage cost
         card["previous_stages"] = stages

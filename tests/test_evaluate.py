@@ -392,3 +392,14 @@ def test_official_crops_path_scores_the_official_output(mofme_root: Path) -> Non
     assert res.records[0].psnr == pytest.approx(expected, abs=1e-6)
     assert res.meta["official_crops"] is True
     assert model.cfg.expert_impl == "sparse"  # official_crops restored the model's setting
+
+
+def test_severity_gains_mean_and_worst_per_severity() -> None:
+    from mofme.results import severity_gains
+
+    inputs = {"clean": 100.0, "rain_light": 28.0, "snow_light": 27.0, "rain_haze_heavy": 12.0}
+    restored = {"clean": 40.0, "rain_light": 29.0, "snow_light": 26.5, "rain_haze_heavy": 16.0}
+    gains = severity_gains(restored, inputs)
+    assert set(gains) == {"light", "heavy"}  # the clean set is left out
+    assert gains["light"] == {"mean": 0.25, "worst": -0.5}
+    assert gains["heavy"] == {"mean": 4.0, "worst": 4.0}

@@ -31,6 +31,7 @@ __all__ = [
     "Record",
     "plot_sweep",
     "routing_sweep",
+    "severity_gains",
     "summarise",
     "sweep_markdown",
 ]
@@ -361,3 +362,17 @@ def plot_sweep(rows: Sequence[dict[str, Any]], png_path: str | Path) -> Path:
     png_path = Path(png_path)
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return png_path
+
+
+def severity_gains(
+    restored: dict[str, float], inputs: dict[str, float], skip: Iterable[str] = ("clean",)
+) -> dict[str, dict[str, float]]:
+    """Mean and worst PSNR gain per severity of a benchmark (``mofme synth bench``): set names
+    ``<type>_<severity>`` -> PSNR of the restored images and of the inputs. Returns
+    ``{severity: {"mean": dB, "worst": dB}}``; sets in ``skip`` (the clean set) are left out."""
+    gains: dict[str, list[float]] = {}
+    for name, psnr in restored.items():
+        if name in skip:
+            continue
+        gains.setdefault(name.rsplit("_", 1)[-1], []).append(psnr - inputs[name])
+    return {sev: {"mean": sum(g) / len(g), "worst": min(g)} for sev, g in gains.items()}

@@ -1,0 +1,94 @@
+"""Choose between image checkpoints without touching the held-out photos.
+
+The selection set is a benchmark (``mofme synth bench`` layout) made from the *training* colour
+photos, each as it is and three times with a random photographic look that includes a veil
+(natural haze, low contrast: content the model must keep, see ``Look`` in mofme.data.content).
+Every checkpoint is scored on it (whole images): clean PSNR and mean / worst gain per severity.
+The rule used for the bundled image model: the largest mean gain at medium severity among the
+checkpoints that return clean photos at >= 38 dB.
+
+    python scripts/selection.py --out data/valsel_look --report docs/results/selection \
+        runs/stage1/image.safetensors runs/soup_0.9/model_last.safetensors ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mofme.checkpoint import load
+from mofme.data import synth
+from mofme.data.content import GREY_PHOTOS, TRAIN_PHOTOS, draw_look, package_photo
+from mofme.data.pairs import find_pairs
+from mofme.evaluate import InputAsOutput, evaluate_images
+from mofme.results import severity_gains
+
+
+def make_set(out: Path, per_set: int = 4, seed: int = 21) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        k = 0
+        for name in TRAIN_PHOTOS:
+            if name in GREY_PHOTOS:
+                continue
+            img = package_photo(name)
+            Image.fromarray(img).save(Path(tmp) / f"{name}.png")
+            for j in range(3):
+                look, s = None, 0
+                while look is None or look.veil == 0.0:  # every looked copy carries a veil
+                    look = draw_look(np.random.default_rng([900, k, s]))
+                    s += 1
+                looked = look.apply(img.astype(np.float32) / 255.0)
+                Image.fromarray((looked * 255 + 0.5).astype(np.uint8)).save(
+                    Path(tmp) / f"{name}_{j}.png"
+                )
+                k += 1
+        synth.write_benchmark(out, n_per_set=per_set, size_hw=(256, 320), n_clips=0,
+                              seed=seed, source_folder=tmp, progress=False)  # fmt: skip
+
+
+def score(ckpt: str, pairs: list, base: dict[str, float]) -> dict[str, float]:
+    torch.manual_seed(0)
+    rows = evaluate_images(load(ckpt), pairs, progress=False, flops_size=None).rows
+    res = {r["name"]: r["psnr"] for r in rows}
+    gains = severity_gains(res, base)
+    return {"clean": res["clean"],
+            **{f"gain_{k}": g["mean"] for k, g in gains.items()},
+            **{f"worst_{k}": g["worst"] for k, g in gains.items()}}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("ckpts", nargs="+")
+    ap.add_argument("--out", type=Path, default=Path("data/valsel_look"), help="selection set")
+    ap.add_argument("--report", type=Path, default=None, help="write REPORT.md and .json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if not (args.out / "images").is_dir():
+        make_set(args.out)
+    pairs = find_pairs(args.out / "images", "mofme", "test")
+    base_rows = evaluate_images(InputAsOutput(), pairs, progress=False, flops_size=None).rows
+    base = {r["name"]: r["psnr"] for r in base_rows}
+    results = {}
+    lines = ["| checkpoint | clean PSNR | gain light (worst) | gain medium (worst) | "
+             "gain heavy (worst) |", "|---|---|---|---|---|"]  # fmt: skip
+    for ckpt in args.ckpts:
+        r = results[ckpt] = score(ckpt, pairs, base)
+        cells = [
+            f"{r[f'gain_{s}']:+.2f} ({r[f'worst_{s}']:+.2f})" for s in ("light", "medium", "heavy")
+        ]
+        lines.append(f"| {ckpt} | {r['clean']:.2f} | {' | '.join(cells)} |")
+        print(lines[-1], flush=True)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        args.report.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Weight soup: a weighted average of checkpoints of the same architecture.
+
+Two stages of the same model trained on different data can be averaged tensor by tensor; the
+soup often keeps most of what each learnt (Wortsman et al., "Model soups", 2022). The first
+checkpoint's metadata is kept, and the recipe is recorded in it (``extra["soup"]``).
+
+    python scripts/soup.py runs/image_stage3/model_last.safetensors:0.75 \
+        runs/stage1/image.safetensors:0.25 --out runs/soup/model_last.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from mofme.checkpoint import load, save
+from mofme.errors import MofmeError
+
+
+def soup(parts: list[tuple[str, float]]) -> torch.nn.Module:
+    """``parts``: (checkpoint, weight) pairs; weights must sum to 1. Non-float tensors (counters,
+    masks) are taken from the first checkpoint."""
+    if abs(sum(w for _, w in parts) - 1.0) > 1e-6:
+        raise MofmeError(f"soup weights must sum to 1, got {sum(w for _, w in parts)}")
+    models = [load(path) for path, _ in parts]
+    first = models[0]
+    states = [m.state_dict() for m in models]
+    if any(s.keys() != states[0].keys() for s in states[1:]):
+        raise MofmeError("soup: the checkpoints have different architectures")
+    mixed = {}
+    for key, value in states[0].items():
+        if value.is_floating_point():
+            mixed[key] = sum(w * s[key].double() for (_, w), s in zip(parts, states)).to(
+                value.dtype
+            )
+        else:
+            mixed[key] = value
+    first.load_state_dict(mixed)
+    first.extra = {**dict(getattr(first, "extra", {})),
+                   "soup": [{"ckpt": str(p), "weight": w} for p, w in parts]}  # fmt: skip
+    return first
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("parts", nargs="+", help="CKPT:WEIGHT, weights summing to 1")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    parts = []
+    for spec in args.parts:
+        path, _, weight = spec.rpartition(":")
+        parts.append((path, float(weight)))
+    model = soup(parts)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save(model, args.out, getattr(model, "step", 0), extra=model.extra)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
