@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mofme.checkpoint import load, save
+from mofme.checkpoint import load, read_metadata, save
 from mofme.data.pairs import find_pairs, find_videos
 from mofme.evaluate import InputAsOutput, evaluate_images, evaluate_videos, limit_per_group
 from mofme.results import severity_gains
@@ -104,7 +104,7 @@ def _previous_stages(init: str | None) -> list[dict[str, Any]]:
     training config and run folder it records."""
     stages: list[dict[str, Any]] = []
     while init and Path(init).is_file() and len(stages) < 16:
-        extra = dict(getattr(load(init), "extra", {}))
+        extra = read_metadata(init)["extra"]  # the header only: no model is built
         card, cfg = extra.get("card"), extra.get("train_config", {})
         if card:
             stage = {k: card.get(k) for k in ("trained_on", "crop", "steps", "train_seconds")}

@@ -33,6 +33,7 @@ from mofme.data.pairs import find_pairs, find_videos
 from mofme.evaluate import InputAsOutput, evaluate_images, evaluate_videos
 from mofme.inference.policy import auto_tile
 from mofme.metrics import grid_ratio
+from mofme.results import severity_gains
 from mofme.weights import bundled_path
 
 
@@ -142,19 +143,22 @@ def markdown(img: dict[str, Any], vid: dict[str, Any]) -> str:
         "| set | input PSNR | output PSNR | gain | input SSIM | output SSIM | official crops PSNR |",
         "|---|---|---|---|---|---|---|",
     ]
-    gains: dict[str, list[float]] = {}
     for name, s in img["sets"].items():
         gain = s["psnr"] - s["input_psnr"] if math.isfinite(s["input_psnr"]) else None
-        if gain is not None:
-            gains.setdefault(name.rsplit("_", 1)[-1], []).append(gain)
         lines.append(
             f"| {name} | {_fmt(s['input_psnr'])} | {_fmt(s['psnr'])} | "
             f"{'' if gain is None else f'{gain:+.2f}'} | {s['input_ssim']:.4f} | {s['ssim']:.4f} "
             f"| {_fmt(s['official_psnr'])} |"
         )
     lines.append("")
+    scored = {n: s for n, s in img["sets"].items() if math.isfinite(s["input_psnr"])}
+    gains = severity_gains(
+        {n: s["psnr"] for n, s in scored.items()},
+        {n: s["input_psnr"] for n, s in scored.items()},
+        skip=(),
+    )
     for sev, g in gains.items():
-        lines.append(f"- mean gain at {sev}: {np.mean(g):+.2f} dB (min {min(g):+.2f})")
+        lines.append(f"- mean gain at {sev}: {g['mean']:+.2f} dB (min {g['worst']:+.2f})")
     mean_default = np.mean([s["psnr"] for n, s in img["sets"].items() if n != "clean"])
     mean_official = np.mean([s["official_psnr"] for n, s in img["sets"].items() if n != "clean"])
     lines.append(
@@ -167,7 +171,9 @@ def markdown(img: dict[str, Any], vid: dict[str, Any]) -> str:
         f"{img['grid_ratio_clean_reference']:.3f}; 1.0 = no grid)"
     )
     lines += ["", f"Video model `{vid['ckpt']}`:", ""]
-    lines += ["| clips | input PSNR | output PSNR | input SSIM | output SSIM | first / other frames |"]
+    lines += [
+        "| clips | input PSNR | output PSNR | input SSIM | output SSIM | first / other frames |"
+    ]
     lines += ["|---|---|---|---|---|---|"]
     for sub in ("video", "video_clean"):
         v = vid[sub]

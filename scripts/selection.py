@@ -52,9 +52,16 @@ def make_set(out: Path, per_set: int = 4, seed: int = 21) -> None:
                               seed=seed, source_folder=tmp, progress=False)  # fmt: skip
 
 
-def score(ckpt: str, pairs: list, base: dict[str, float]) -> dict[str, float]:
+def input_psnrs(pairs: list) -> dict[str, float]:
+    """PSNR of the inputs themselves per set (the "before" of every gain)."""
+    rows = evaluate_images(InputAsOutput(), pairs, progress=False, flops_size=None).rows
+    return {r["name"]: r["psnr"] for r in rows}
+
+
+def score(model: torch.nn.Module, pairs: list, base: dict[str, float]) -> dict[str, float]:
+    """Whole-image PSNR of the clean set and mean / worst gain per severity over ``base``."""
     torch.manual_seed(0)
-    rows = evaluate_images(load(ckpt), pairs, progress=False, flops_size=None).rows
+    rows = evaluate_images(model, pairs, progress=False, flops_size=None).rows
     res = {r["name"]: r["psnr"] for r in rows}
     gains = severity_gains(res, base)
     return {"clean": res["clean"],
@@ -72,13 +79,12 @@ def main() -> None:
     if not (args.out / "images").is_dir():
         make_set(args.out)
     pairs = find_pairs(args.out / "images", "mofme", "test")
-    base_rows = evaluate_images(InputAsOutput(), pairs, progress=False, flops_size=None).rows
-    base = {r["name"]: r["psnr"] for r in base_rows}
+    base = input_psnrs(pairs)
     results = {}
     lines = ["| checkpoint | clean PSNR | gain light (worst) | gain medium (worst) | "
              "gain heavy (worst) |", "|---|---|---|---|---|"]  # fmt: skip
     for ckpt in args.ckpts:
-        r = results[ckpt] = score(ckpt, pairs, base)
+        r = results[ckpt] = score(load(ckpt), pairs, base)
         cells = [
             f"{r[f'gain_{s}']:+.2f} ({r[f'worst_{s}']:+.2f})" for s in ("light", "medium", "heavy")
         ]

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import selection  # scripts/selection.py: the same scoring (the script's folder is on sys.path)
 import torch
 
 from mofme.checkpoint import load
 from mofme.data.pairs import find_pairs
-from mofme.evaluate import InputAsOutput, evaluate_images
 from mofme.model.net import MoFMENet
-from mofme.results import severity_gains
 
 BASE = "configs/bundled_image.yaml"
 SEVERITIES = ("light", "medium", "heavy")
@@ -100,28 +99,14 @@ def run_variant(name: str, steps: int, args: argparse.Namespace) -> dict[str, An
 
 
 def score(ckpt: Path, bench: Path) -> dict[str, Any]:
-    torch.manual_seed(0)
+    """Held-out benchmark, the first image of every set (scripts/selection.py's scoring)."""
     model = load(ckpt)
-    pairs = find_pairs(bench / "images", "mofme", "test")
     firsts: dict[str, Any] = {}
-    for p in pairs:
+    for p in find_pairs(bench / "images", "mofme", "test"):
         firsts.setdefault(p.group, p)
     pairs = list(firsts.values())
-    base = {
-        r["name"]: r["psnr"]
-        for r in evaluate_images(InputAsOutput(), pairs, progress=False, flops_size=None).rows
-    }
-    res = {
-        r["name"]: r["psnr"]
-        for r in evaluate_images(model, pairs, progress=False, flops_size=None).rows
-    }
-    gains = severity_gains(res, base)
-    return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "clean_psnr": res["clean"],
-        **{f"gain_{sev}": g["mean"] for sev, g in gains.items()},
-        **{f"worst_{sev}": g["worst"] for sev, g in gains.items()},
-    }
+    r = selection.score(model, pairs, selection.input_psnrs(pairs))
+    return {"params": sum(p.numel() for p in model.parameters()), "clean_psnr": r.pop("clean"), **r}
 
 
 def markdown(rows: list[dict[str, Any]], base_steps: int) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def _look_record(look: Look | None) -> dict[str, Any] | None:
         return None
     return {
         k: (round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v])
-        for k, v in vars(look).items()
+        for k, v in asdict(look).items()
     }
 
 
