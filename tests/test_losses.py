@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from mofme.errors import MofmeError
-from mofme.losses import RestorationLoss, VGG16Features, load_vgg16
+from mofme.losses import RestorationLoss, VGG16Features, load_vgg16, speck_penalty
 
 # torchvision vgg16().features: convs at these indices, ReLU after each, pools at 4/9/16/23/30.
 # The deeper convs 19..28 (512 -> 512) are left out to keep the test fast; conv 17 stands for
@@ -148,3 +148,33 @@ def test_without_weights_warns_and_turns_perceptual_off():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         RestorationLoss(perceptual_weight=0.0)  # deliberately off: no warning
+
+
+def test_speck_penalty() -> None:
+    """Zero for a perfect or a smoothly offset prediction, positive for a local dark dip, and
+    its gradient brightens the dip."""
+    target = torch.full((1, 3, 16, 16), 0.5)
+    assert float(speck_penalty(target, target)) == 0.0
+    assert float(speck_penalty(target - 0.1, target)) < 1e-12  # uniformly dark: no speck
+    assert float(speck_penalty(target + 0.3, target)) == 0.0  # too bright: another error
+    pred = target.clone()
+    pred[..., 8, 8] = 0.2
+    pred.requires_grad_(True)
+    value = speck_penalty(pred, target)
+    assert float(value) > 0
+    value.backward()
+    assert float(pred.grad[..., 8, 8].sum()) < 0  # descent raises the speck's pixel
+
+
+def test_restoration_loss_speck_term() -> None:
+    target = torch.full((2, 3, 16, 16), 0.5)
+    pred = target.clone()
+    pred[..., 4, 4] = 0.1
+    plain = RestorationLoss(perceptual_weight=0.0)
+    total0, parts0 = plain(pred, target)
+    assert "speck" not in parts0
+    total, parts = RestorationLoss(perceptual_weight=0.0, speck_weight=4.0)(pred, target)
+    assert parts["speck"] > 0
+    assert float(total) == pytest.approx(float(total0) + 4.0 * parts["speck"], rel=1e-6)
+    with pytest.raises(ValueError, match="speck_weight"):
+        RestorationLoss(perceptual_weight=0.0, speck_weight=-1.0)

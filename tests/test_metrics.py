@@ -10,7 +10,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from mofme.errors import MofmeError
-from mofme.metrics import psnr, rgb_to_y, ssim
+from mofme.metrics import dark_speck_share, psnr, rgb_to_y, ssim
 
 
 def skimage_ssim(gt: np.ndarray, x: np.ndarray, channel_axis: int | None) -> float:
@@ -128,3 +128,25 @@ def test_group_means_and_average():
     # the average weights test sets equally, not images
     assert (res.average["psnr"], res.average["ssim"]) == pytest.approx((26.0, 0.65))
     assert res.overall["psnr"] == pytest.approx(29.0) and res.average["count"] == 4
+
+
+def test_dark_speck_share() -> None:
+    """Counts local dark dips the restoration added, not darkness already in the input and not a
+    global brightness error."""
+    clean = torch.full((3, 20, 20), 0.5)
+    snowy = clean.clone()
+    snowy[:, :2, :] = 1.0  # 40 flake pixels
+    pred = clean.clone()
+    assert dark_speck_share(pred, clean, snowy) == 0.0  # perfect restoration
+    assert dark_speck_share(snowy, clean, snowy) == 0.0  # snow left in: too bright, no speck
+    assert dark_speck_share(pred - 0.2, clean, snowy) == 0.0  # uniformly too dark: no speck
+    pred[:, 10, 10] = 0.3  # one isolated speck
+    pred[:, 15, 5] = 0.47  # a faint dip: below the threshold
+    assert dark_speck_share(pred, clean, snowy) == pytest.approx(1 / 400)
+    assert dark_speck_share(pred - 0.2, clean - 0.2, snowy - 0.2) == pytest.approx(1 / 400)
+    dim = clean.clone()
+    dim[:, 10, 10] = 0.3  # the input was already that dark there: not the model's speck
+    assert dark_speck_share(pred, clean, dim) == 0.0
+    batch = torch.stack([pred, clean])
+    two = torch.stack([clean, clean])
+    assert dark_speck_share(batch, two, torch.stack([snowy, snowy])) == pytest.approx(1 / 800)

@@ -14,6 +14,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from mofme.commands import synth as synth_cmd
 from mofme.data import clips, content, synth, weather
 from mofme.data.calibration import PSNR_BANDS, band_sample
+from mofme.data.synth.items import parse_type_mix
 from mofme.data.weather import SEVERITIES, WEATHER_TYPES
 from mofme.errors import MofmeError
 
@@ -433,3 +434,49 @@ def test_synth_command_needs_a_kind() -> None:
     synth_cmd.add_arguments(parser)
     with pytest.raises(SystemExit):
         parser.parse_args([])
+
+
+@pytest.mark.parametrize(
+    ("spec", "cycle"),
+    [
+        (None, synth.TRAIN_TYPES),
+        ("", synth.TRAIN_TYPES),
+        ("snow", ("snow",)),
+        ("rain:2, snow", ("rain", "rain", "snow")),
+        ("raindrop:3,haze", ("raindrop",) * 3 + ("haze",)),
+    ],
+)
+def test_parse_type_mix(spec: str | None, cycle: tuple[str, ...]) -> None:
+    assert parse_type_mix(spec) == cycle
+
+
+@pytest.mark.parametrize("spec", ["snowx", "rain:0", "rain:-1", "rain:1.5", "rain,", "clean"])
+def test_parse_type_mix_rejects(spec: str) -> None:
+    with pytest.raises(MofmeError, match=r"type mix|whole number"):
+        parse_type_mix(spec)
+
+
+def test_write_allweather_type_mix(tmp_path: Path) -> None:
+    """``types`` sets the training cycle (weights repeat a type); test splits are unchanged."""
+    kw = {"n_test": 1, "size_hw": (32, 32), "progress": False, "identity_share": 0.0}
+    meta = synth.write_allweather(tmp_path / "a", n_train=6, types="rain:2,snow", **kw)
+    names = sorted(p.name for p in (tmp_path / "a" / "train" / "input").iterdir())
+    assert [n.split("_", 1)[1][:-4] for n in names] == ["rain", "rain", "snow"] * 2
+    assert meta["train_types"] == ["rain", "rain", "snow"]
+    synth.write_allweather(tmp_path / "b", n_train=0, **kw)
+    for split in ("test_rain", "test_snow", "test_haze", "test_raindrop"):
+        assert _tree(tmp_path / "a" / split) == _tree(tmp_path / "b" / split)
+    with pytest.raises(MofmeError, match="snowx"):
+        synth.write_allweather(tmp_path / "c", n_train=2, types="snowx", **kw)
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_synth_cli_types(tmp_path: Path) -> None:
+    out = tmp_path / "aw"
+    argv = ["allweather", "--out", str(out), "--train", "3", "--test", "0", "--size", "32x32"]
+    assert _cli([*argv, "--identity-share", "0", "--types", "haze", "--quiet"]) == 0
+    assert sorted(p.name for p in (out / "train" / "input").iterdir()) == [
+        f"{i:05d}_haze.png" for i in range(3)
+    ]
+    with pytest.raises(MofmeError, match="unknown weather type 'fog'"):
+        _cli([*argv[:2], str(tmp_path / "x"), *argv[3:], "--types", "fog"])

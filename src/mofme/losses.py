@@ -28,7 +28,7 @@ from torch import nn
 
 from mofme.errors import MofmeError
 
-__all__ = ["VGG_LAYERS", "RestorationLoss", "VGG16Features", "load_vgg16"]
+__all__ = ["VGG_LAYERS", "RestorationLoss", "VGG16Features", "load_vgg16", "speck_penalty"]
 
 #: torchvision ``vgg16().features`` index of the ReLU after each named conv.
 VGG_LAYERS: dict[str, int] = {
@@ -180,8 +180,25 @@ def load_vgg16(
     return model
 
 
+def speck_penalty(pred: torch.Tensor, target: torch.Tensor, window: int = 9) -> torch.Tensor:
+    """Mean squared *local dark dip* of ``pred`` against ``target`` (both ``(B, 3, H, W)``).
+
+    With ``e = target - pred`` averaged over the channels and clamped at 0 (only too dark counts),
+    the dip is ``relu(e - mean of e over the window x window neighbourhood)``: large where one
+    pixel or a small blob was made darker than its surroundings' error — the speck an
+    over-subtracting snow / rain model leaves where a particle was — and zero for a smooth
+    error such as a brightness or haze offset. Pixel losses weigh a speck by its energy only,
+    which is small next to the particle it replaced; this term weighs it as the eye does. The
+    measurement twin is :func:`mofme.metrics.dark_speck_share`.
+    """
+    e = (target.float() - pred.float()).mean(dim=1, keepdim=True).clamp(min=0.0)
+    local = F.avg_pool2d(e, window, stride=1, padding=window // 2, count_include_pad=False)
+    return F.relu(e - local).pow(2).mean()
+
+
 class RestorationLoss(nn.Module):
-    """``SmoothL1(pred, target) + perceptual_weight · perceptual(pred, target)``.
+    """``SmoothL1(pred, target) + perceptual_weight · perceptual(pred, target)
+    + speck_weight · speck_penalty(pred, target)``.
 
     Args:
         perceptual_weight: λ (0.04 in the paper); 0 switches the perceptual term off.
@@ -189,10 +206,11 @@ class RestorationLoss(nn.Module):
             positive weight switches the term off with a one-line warning.
         smooth_l1_beta: SmoothL1 transition point (PyTorch's ``beta``).
         vgg_normalize: ImageNet mean/std normalisation before VGG (see module docstring).
+        speck_weight: weight of :func:`speck_penalty` (0, the paper's loss: off).
 
     ``forward(pred, target)`` with ``(B, 3, H, W)`` tensors returns ``(total, parts)``: the
-    scalar loss to back-propagate and floats ``{"smooth_l1", "perceptual", "total"}`` for
-    logging. Both terms are computed in float32 even under autocast.
+    scalar loss to back-propagate and floats ``{"smooth_l1", "perceptual", "total"}`` (plus
+    ``"speck"`` when that term is on) for logging. Both terms are computed in float32 even under autocast.
     """
 
     def __init__(
@@ -201,8 +219,12 @@ class RestorationLoss(nn.Module):
         vgg_weights: str | os.PathLike[str] | None = None,
         smooth_l1_beta: float = 1.0,
         vgg_normalize: bool = True,
+        speck_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if not speck_weight >= 0:
+            raise ValueError(f"speck_weight must be >= 0, got {speck_weight}")
+        self.speck_weight = speck_weight
         self.smooth_l1_beta = smooth_l1_beta
         self.vgg: VGG16Features | None = None
         if perceptual_weight > 0 and vgg_weights is None:
@@ -232,11 +254,13 @@ class RestorationLoss(nn.Module):
         if self.vgg is not None:
             perceptual = self.perceptual(pred, target)
             total = pixel + self.perceptual_weight * perceptual
-        parts = {
-            "smooth_l1": float(pixel.detach()),
-            "perceptual": float(perceptual.detach()),
-            "total": float(total.detach()),
-        }
+        parts = {"smooth_l1": float(pixel.detach()), "perceptual": float(perceptual.detach())}
+        if self.speck_weight > 0:
+            with _no_autocast(pred.device):
+                speck = speck_penalty(pred, target)
+            total = total + self.speck_weight * speck
+            parts["speck"] = float(speck.detach())
+        parts["total"] = float(total.detach())
         return total, parts
 
 

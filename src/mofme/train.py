@@ -289,7 +289,9 @@ class Trainer:
                 "file (e.g. torchvision's vgg16-397923af.pth) to enable it"
             )
             weight = 0.0
-        return RestorationLoss(perceptual_weight=weight, vgg_weights=t.vgg_weights)
+        return RestorationLoss(
+            perceptual_weight=weight, vgg_weights=t.vgg_weights, speck_weight=t.speck_weight
+        )
 
     # -- helpers ---------------------------------------------------------------------------
 

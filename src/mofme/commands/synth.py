@@ -68,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     aw.add_argument("--train", type=int, default=1000, help="train pairs (default 1000)")
     aw.add_argument("--test", type=int, default=100, help="pairs per test split (default 100)")
     _identity_share(aw, "identity (clean -> clean) train pairs")
+    aw.add_argument(
+        "--types",
+        default=None,
+        help="training weather mix as name[:weight],... e.g. rain:2,snow,raindrop (default: "
+        "every single and composite type, balanced); test splits are unchanged",
+    )
     _common(aw, DEFAULT_IMAGE_SIZE)
     rv = sub.add_parser(
         "rvsd",
@@ -144,7 +150,12 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.kind == "allweather":
         meta = write_allweather(
-            args.out, n_train=args.train, n_test=args.test, **common, **_share(args)
+            args.out,
+            n_train=args.train,
+            n_test=args.test,
+            types=args.types,
+            **common,
+            **_share(args),
         )
         print(
             f"wrote {meta['n_train']} train pairs and 4 x {meta['n_test']} test pairs "

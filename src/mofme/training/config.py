@@ -68,6 +68,8 @@ class TrainConfig:
     perceptual_weight: float = 0.04  # weight of the VGG16 perceptual loss (needs vgg_weights)
     vgg_weights: str | None = None  # local VGG16 weights; without them the VGG term is off
     balance_weight: float = 0.0  # weight of the expert load-balancing loss (model.balance_loss)
+    # weight of the dark-speck penalty (mofme.losses.speck_penalty; 0 = the paper's loss)
+    speck_weight: float = 0.0
     log_every: int = 50  # steps between log.jsonl lines (first and last step always logged)
     val_every: int = 1000  # steps between validations (0 = only at the end)
     ckpt_every: int = 1000  # steps between checkpoints (0 = only at the end)
@@ -149,6 +151,8 @@ class TrainRunConfig:
             raise MofmeError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
         if t.weight_decay < 0 or t.grad_clip < 0 or t.perceptual_weight < 0:
             raise MofmeError("train: weight_decay, grad_clip and perceptual_weight must be >= 0")
+        if not t.speck_weight >= 0:
+            raise MofmeError(f"train.speck_weight must be >= 0, got {t.speck_weight}")
         if t.balance_weight < 0:
             raise MofmeError(f"train.balance_weight must be >= 0, got {t.balance_weight}")
         if not 0 <= t.ema < 1:

@@ -15,7 +15,7 @@ from mofme import checkpoint
 from mofme.errors import MofmeError
 
 # The per-step values averaged over a log window (those a step reports).
-LOGGED = ("loss", "smooth_l1", "perceptual", "aux", "grad_norm")
+LOGGED = ("loss", "smooth_l1", "perceptual", "speck", "aux", "grad_norm")
 
 
 class LossWindow:

@@ -19,11 +19,11 @@ from mofme.data.io import atomic_write_text
 from mofme.data.synth.items import (
     IDENTITY_SHARE,
     RENDER_SCALE,
-    TRAIN_TYPES,
     VIEW_SCALE,
     ImageJob,
     image_job,
     is_identity,
+    parse_type_mix,
 )
 from mofme.data.synth.runner import check_seed, check_size, prepare_out, run_jobs
 from mofme.data.weather import CLEAN
@@ -61,6 +61,7 @@ def write_allweather(
     overwrite: bool = False,
     workers: int = 1,
     identity_share: float = IDENTITY_SHARE,
+    types: str | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic Allweather dataset in both the MoFME and TransWeather layouts.
 
@@ -74,6 +75,9 @@ def write_allweather(
     (:func:`training_view`: dead leaves and package photos disjoint from the held-out ones,
     plus ``source_folder``); the target is always the source itself, so haze or low contrast
     already in a photo is content, not weather. Test splits use the same content pool.
+    ``types`` (e.g. ``"rain:2,snow,raindrop"``, see :func:`parse_type_mix`) replaces the balanced
+    training mix, for a specialist or a mix weighted toward the types a model is weak at; the
+    test splits do not change.
 
     TransWeather layout: list files ``out/allweather.txt``, ``test1.txt``,
     ``raindroptesta.txt``, ``snowtest100k_L.txt``, ``hazetest.txt`` with one path per line
@@ -92,6 +96,7 @@ def write_allweather(
         raise MofmeError("the numbers of train and test images must not be negative")
     if not 0.0 <= identity_share <= 1.0:
         raise MofmeError(f"the identity share must be in [0, 1], got {identity_share}")
+    cycle = parse_type_mix(types)
     managed = [
         "train",
         *(s.folder for s in TEST_SPLITS),
@@ -108,7 +113,7 @@ def write_allweather(
 
     jobs: list[ImageJob] = []
     for i in range(n_train):
-        weather = TRAIN_TYPES[i % len(TRAIN_TYPES)]
+        weather = cycle[i % len(cycle)]
         if is_identity(seed, 0, i, identity_share):
             weather = CLEAN
         name = f"{i:05d}_{weather}.png"
@@ -156,6 +161,7 @@ def write_allweather(
         "n_train": n_train,
         "n_test": n_test,
         "identity_share": identity_share,
+        "train_types": list(cycle),
         "render_scale": list(RENDER_SCALE),
         "view_scale": list(VIEW_SCALE),
         "content": {

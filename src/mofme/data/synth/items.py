@@ -30,10 +30,35 @@ from mofme.data.content import (
 from mofme.data.io import atomic_write_bytes, to_uint8
 from mofme.data.synth.runner import worker_sources
 from mofme.data.weather import ALL_TYPES, CLEAN, SEVERITIES, apply_weather, snow_video
+from mofme.errors import MofmeError
 
 TRAIN_TYPES: tuple[str, ...] = ALL_TYPES
 """Weather of train item ``i`` is ``TRAIN_TYPES[i % len(TRAIN_TYPES)]`` (a balanced mix of the
 single and composite types), unless the item is an identity pair (``clean``)."""
+
+
+def parse_type_mix(spec: str | None) -> tuple[str, ...]:
+    """The training weather cycle from ``"rain:2,snow,raindrop"`` (``name[:weight]``, weights are
+    whole numbers >= 1); ``None`` or ``""``: the balanced :data:`TRAIN_TYPES`.
+
+    Item ``i`` gets ``cycle[i % len(cycle)]``; a weight repeats its type in the cycle, so
+    ``rain:2,snow`` gives two rain items per snow item.
+    """
+    if not spec:
+        return TRAIN_TYPES
+    cycle: list[str] = []
+    for part in spec.split(","):
+        name, _, weight = part.strip().partition(":")
+        if name not in ALL_TYPES:
+            raise MofmeError(
+                f"unknown weather type {name!r} in the type mix {spec!r}; "
+                f"choose from {', '.join(ALL_TYPES)}"
+            )
+        if weight and not (weight.isdigit() and int(weight) >= 1):
+            raise MofmeError(f"weight {weight!r} of {name!r} must be a whole number >= 1")
+        cycle.extend([name] * (int(weight) if weight else 1))
+    return tuple(cycle)
+
 
 IDENTITY_SHARE = 0.12
 """Default share of identity pairs (clean -> clean) in synthetic training data."""
