@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import speck_check  # scripts/speck_check.py (this folder is on sys.path when run as a script)
 import torch
 
 from mofme.checkpoint import load, read_metadata, save
@@ -68,6 +69,7 @@ def held_out(
             out[sub] = {"input_psnr": round(base.average["psnr"], 2),
                         "psnr": round(res.average["psnr"], 2),
                         "ssim": round(res.average["ssim"], 4)}  # fmt: skip
+        out["video"]["dark_specks_per_1000px"] = round(speck_check.check(model, bench)["specks"], 2)
         return out
     pairs = limit_per_group(find_pairs(bench / "images", "mofme", "test"), per_set)
     base = {
@@ -153,6 +155,7 @@ def main() -> None:
         "crop": cfg.get("data", {}).get("crop"),
         "steps": model.step,
         "batch_size": cfg.get("train", {}).get("batch_size"),
+        "speck_weight": cfg.get("train", {}).get("speck_weight", 0.0),
         "train_seconds": seconds,
         "held_out_photos": "scikit-image astronaut, chelsea, coffee, rocket, motorcycle",
         "held_out": held_out(model, args.bench, kind, inference["tile"], args.held_out_per_set),

@@ -3,8 +3,9 @@
 Scores image and video checkpoints on a benchmark written by ``mofme synth bench`` (photos the
 bundled weights never trained on): every weather type and composite at light / medium / heavy,
 the clean (do-no-harm) set, snowy clips and clean clips; input PSNR beside output PSNR; the
-token-grid ratio on restored clean images (whole image and flat areas only); the default
-inference path against the official-style 240x240 crops.
+token-grid ratio on restored clean images (whole image and flat areas only); dark specks
+on the restored snowy clips (scripts/speck_check.py); the default inference path against the
+official-style 240x240 crops.
 
     mofme synth bench --out data/bench --seed 0
     python scripts/quality_study.py --bench data/bench --out docs/results/quality
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import speck_check  # scripts/speck_check.py (this folder is on sys.path when run as a script)
 import torch
 from PIL import Image
 
@@ -132,6 +134,7 @@ def video_study(ckpt: str, bench: Path) -> dict[str, Any]:
             "psnr_other": res.average.get("psnr_other"),
             "per_video": {r["name"]: round(r["psnr"], 2) for r in res.rows},
         }
+    out["video"]["specks"] = speck_check.check(ckpt, bench)["specks"]
     return out
 
 
@@ -172,15 +175,17 @@ def markdown(img: dict[str, Any], vid: dict[str, Any]) -> str:
     )
     lines += ["", f"Video model `{vid['ckpt']}`:", ""]
     lines += [
-        "| clips | input PSNR | output PSNR | input SSIM | output SSIM | first / other frames |"
+        "| clips | input PSNR | output PSNR | input SSIM | output SSIM | first / other frames "
+        "| dark specks / 1000 px |"
     ]
-    lines += ["|---|---|---|---|---|---|"]
+    lines += ["|---|---|---|---|---|---|---|"]
     for sub in ("video", "video_clean"):
         v = vid[sub]
         lines.append(
             f"| {'snowy' if sub == 'video' else 'clean'} | {_fmt(v['input_psnr'])} | "
             f"{_fmt(v['psnr'])} | {v['input_ssim']:.4f} | {v['ssim']:.4f} | "
-            f"{_fmt(v['psnr_first'])} / {_fmt(v['psnr_other'])} |"
+            f"{_fmt(v['psnr_first'])} / {_fmt(v['psnr_other'])} | "
+            f"{_fmt(v['specks']) if 'specks' in v else ''} |"
         )
     return "\n".join(lines) + "\n"
 

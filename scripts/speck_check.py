@@ -29,8 +29,9 @@ from mofme.metrics import dark_speck_share, psnr
 
 
 @torch.no_grad()
-def check(ckpt: str, bench: Path) -> dict[str, Any]:
-    model = load(ckpt)
+def check(ckpt: str | torch.nn.Module, bench: Path) -> dict[str, Any]:
+    """``ckpt``: a checkpoint path or a loaded model."""
+    model = load(ckpt) if isinstance(ckpt, (str, Path)) else ckpt
     rows = []
     for video in find_videos(bench / "video", "test"):
         restorer = VideoRestorer(model)
@@ -54,7 +55,7 @@ def check(ckpt: str, bench: Path) -> dict[str, Any]:
     other = [r for r in rows if r["frame"] > 0]
     clips = sorted({r["clip"] for r in rows})
     return {
-        "ckpt": ckpt,
+        "ckpt": str(ckpt) if isinstance(ckpt, (str, Path)) else "(model)",
         "psnr": mean("psnr", rows),
         "specks": mean("specks", rows),
         "specks_first": mean("specks", first),

@@ -147,6 +147,10 @@ def test_dark_speck_share() -> None:
     dim = clean.clone()
     dim[:, 10, 10] = 0.3  # the input was already that dark there: not the model's speck
     assert dark_speck_share(pred, clean, dim) == 0.0
+    purple = clean.clone()
+    purple[0, 3, 3] -= 0.2  # red too dark, blue too bright: a coloured speck, mean error 0
+    purple[2, 3, 3] += 0.2
+    assert dark_speck_share(purple, clean, snowy) == pytest.approx(1 / 400)
     batch = torch.stack([pred, clean])
     two = torch.stack([clean, clean])
     assert dark_speck_share(batch, two, torch.stack([snowy, snowy])) == pytest.approx(1 / 800)

@@ -189,7 +189,8 @@ def speck_penalty(pred: torch.Tensor, target: torch.Tensor, window: int = 9) -> 
     over-subtracting snow / rain model leaves where a particle was — and zero for a smooth
     error such as a brightness or haze offset. Pixel losses weigh a speck by its energy only,
     which is small next to the particle it replaced; this term weighs it as the eye does. The
-    measurement twin is :func:`mofme.metrics.dark_speck_share`.
+    measurement twin is :func:`mofme.metrics.dark_speck_share` (which takes the most darkened
+    channel instead of the mean, to count coloured specks too; the mean keeps this smooth).
     """
     e = (target.float() - pred.float()).mean(dim=1, keepdim=True).clamp(min=0.0)
     local = F.avg_pool2d(e, window, stride=1, padding=window // 2, count_include_pad=False)

@@ -204,16 +204,17 @@ def dark_speck_share(
     """Share of pixels where a restoration left a dark speck the input did not have: the mark an
     over-subtracting snow or rain model leaves where a particle was.
 
-    All ``(3, H, W)`` or ``(B, 3, H, W)`` in [0, 1]. With ``e = clean - pred`` averaged over the
-    channels and clamped at 0 (too bright is another error), a pixel counts when ``e`` exceeds its own ``window x window`` neighbourhood mean by
-    more than ``threshold`` (a local dip, so a global brightness or haze error is not counted)
-    while ``clean - degraded`` there is not above ``threshold`` (snow, rain and haze brighten,
-    so such a dip is an error the model added). PSNR hides specks: each costs little energy next
+    All ``(3, H, W)`` or ``(B, 3, H, W)`` in [0, 1]. With ``e = clean - pred`` of the most
+    darkened channel (so a coloured speck, e.g. purple on a red surface, counts too) clamped at
+    0 (too bright is another error), a pixel counts when ``e`` exceeds its own
+    ``window x window`` neighbourhood mean by more than ``threshold`` (a local dip, so a global
+    brightness or haze error is not counted) while ``clean - degraded`` there is not above
+    ``threshold`` (snow, rain and haze brighten, so such a dip is an error the model added). PSNR hides specks: each costs little energy next
     to the flake it replaced, but it is what one sees.
     """
 
     def err(x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W)
-        e = (clean.float() - x.float()).mean(dim=-3, keepdim=True)
+        e = (clean.float() - x.float()).amax(dim=-3, keepdim=True)
         return e.reshape(-1, 1, *e.shape[-2:])
 
     e = err(pred).clamp(min=0.0)  # only darkening: snow left in beside a pixel is no dip
