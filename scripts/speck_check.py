@@ -4,8 +4,9 @@ A snow model that over-subtracts leaves a dark, often reddish speck where a flak
 barely sees it. For each checkpoint this restores every snowy clip of a benchmark written by
 ``mofme synth bench`` (held-out photos, 192x256) frame by frame with the reference-frame path
 of ``mofme video`` and reports PSNR beside :func:`mofme.metrics.dark_speck_share` (pixels per
-thousand made clearly darker than the clean frame, where the snowy input was not), per clip and
-on average, first frame (no reference yet) apart from the others.
+thousand whose most darkened channel dips below the clean frame by more than its neighbourhood's
+error, where the snowy input did not), per clip, per frame and on average, first frame (no
+reference yet) apart from the others.
 
     python scripts/speck_check.py --bench data/bench --video runs/stage3_video.safetensors \
         --video runs/video_stage4b/model_last.safetensors --out docs/results/specks

@@ -211,7 +211,8 @@ class RestorationLoss(nn.Module):
 
     ``forward(pred, target)`` with ``(B, 3, H, W)`` tensors returns ``(total, parts)``: the
     scalar loss to back-propagate and floats ``{"smooth_l1", "perceptual", "total"}`` (plus
-    ``"speck"`` when that term is on) for logging. Both terms are computed in float32 even under autocast.
+    ``"speck"`` when that term is on) for logging. Every term is computed in float32, even
+    under autocast.
     """
 
     def __init__(

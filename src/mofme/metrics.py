@@ -209,8 +209,9 @@ def dark_speck_share(
     0 (too bright is another error), a pixel counts when ``e`` exceeds its own
     ``window x window`` neighbourhood mean by more than ``threshold`` (a local dip, so a global
     brightness or haze error is not counted) while ``clean - degraded`` there is not above
-    ``threshold`` (snow, rain and haze brighten, so such a dip is an error the model added). PSNR hides specks: each costs little energy next
-    to the flake it replaced, but it is what one sees.
+    ``threshold`` (snow, rain and haze brighten, so such a dip is an error the model added).
+    PSNR hides specks: each costs little energy next to the flake it replaced, but it is what
+    one sees.
     """
 
     def err(x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W)
