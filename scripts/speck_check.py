@@ -23,56 +23,56 @@ import numpy as np
 import torch
 
 from mofme.checkpoint import load
-from mofme.data.io import read_image, to_tensor
 from mofme.data.pairs import find_videos
-from mofme.inference.video import VideoRestorer
-from mofme.metrics import dark_speck_share, psnr
+from mofme.evaluate import Sample, evaluate_videos
+from mofme.metrics import dark_speck_share
 
 
-@torch.no_grad()
-def check(ckpt: str | torch.nn.Module, bench: Path) -> dict[str, Any]:
-    """``ckpt``: a checkpoint path or a loaded model."""
-    model = load(ckpt) if isinstance(ckpt, (str, Path)) else ckpt
-    rows = []
-    for video in find_videos(bench / "video", "test"):
-        restorer = VideoRestorer(model)
-        for t, (snow_path, clean_path) in enumerate(zip(video.snow_frames, video.clean_frames)):
-            snowy = to_tensor(read_image(snow_path)).unsqueeze(0)
-            clean = to_tensor(read_image(clean_path)).unsqueeze(0)
-            out = restorer.step(snowy).clamp(0, 1)
-            rows.append(
-                dict(
-                    clip=video.name,
-                    frame=t,
-                    psnr=float(psnr(out, clean)),
-                    specks=1000 * dark_speck_share(out, clean, snowy),
-                )
-            )
+class Specks:
+    """An observer for :func:`mofme.evaluate.evaluate_videos`: the dark-speck share of every
+    scored frame, so the clips are restored once for PSNR and specks alike."""
 
-    def mean(key: str, sel: list[dict[str, Any]]) -> float:
-        return float(np.mean([r[key] for r in sel]))
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
 
-    first = [r for r in rows if r["frame"] == 0]
-    other = [r for r in rows if r["frame"] > 0]
-    clips = sorted({r["clip"] for r in rows})
-    return {
-        "ckpt": str(ckpt) if isinstance(ckpt, (str, Path)) else "(model)",
-        "psnr": mean("psnr", rows),
-        "specks": mean("specks", rows),
-        "specks_first": mean("specks", first),
-        "specks_other": mean("specks", other),
-        "by_frame": [
-            round(mean("specks", [r for r in rows if r["frame"] == t]), 2)
-            for t in sorted({r["frame"] for r in rows})
-        ],
-        "per_clip": {
-            c: {
-                k: round(mean(k, [r for r in rows if r["clip"] == c]), 3)
-                for k in ("psnr", "specks")
-            }
-            for c in clips
-        },
-    }
+    def __call__(self, s: Sample) -> None:
+        if s.target is None or s.record is None:
+            return
+        specks = 1000 * dark_speck_share(s.output, s.target, s.input)
+        self.rows.append(dict(clip=s.group, frame=s.index, psnr=s.record.psnr, specks=specks))
+
+    def summary(self) -> dict[str, Any]:
+        """Means over all frames, the first frames, the others, per frame index and per clip."""
+        rows = self.rows
+
+        def mean(key: str, sel: list[dict[str, Any]]) -> float:
+            return float(np.mean([r[key] for r in sel]))
+
+        return {
+            "psnr": mean("psnr", rows),
+            "specks": mean("specks", rows),
+            "specks_first": mean("specks", [r for r in rows if r["frame"] == 0]),
+            "specks_other": mean("specks", [r for r in rows if r["frame"] > 0]),
+            "by_frame": [
+                round(mean("specks", [r for r in rows if r["frame"] == t]), 2)
+                for t in sorted({r["frame"] for r in rows})
+            ],
+            "per_clip": {
+                c: {
+                    k: round(mean(k, [r for r in rows if r["clip"] == c]), 3)
+                    for k in ("psnr", "specks")
+                }
+                for c in sorted({r["clip"] for r in rows})
+            },
+        }
+
+
+def check(ckpt: str | Path, bench: Path) -> dict[str, Any]:
+    """Restore the benchmark's snowy clips with checkpoint ``ckpt``; PSNR and dark specks."""
+    specks = Specks()
+    videos = find_videos(bench / "video", "test")
+    evaluate_videos(load(ckpt), videos, progress=False, flops_size=None, observers=[specks])
+    return {"ckpt": str(ckpt), **specks.summary()}
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
