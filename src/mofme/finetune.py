@@ -42,6 +42,7 @@ FREE_FIELDS = frozenset(
     }
 )
 FIRST_CONV = "head.0.weight"
+SKIP_PREFIX = "skip."
 
 
 def resolve_init(init: str) -> Path:
@@ -70,6 +71,7 @@ class InitReport:
     loaded: list[str] = field(default_factory=list)  # copied unchanged
     extended: list[str] = field(default_factory=list)  # first conv: 3 -> 6 input channels
     kept: list[str] = field(default_factory=list)  # non-strict: model tensors left as built
+    added: list[str] = field(default_factory=list)  # head skip new to the network: zero
     ignored: list[str] = field(default_factory=list)  # non-strict: file tensors not used
     config_diff: list[str] = field(default_factory=list)  # non-strict: differing fields
 
@@ -80,6 +82,8 @@ class InitReport:
             parts.append(
                 f"{', '.join(self.extended)} extended 3 -> 6 input channels (reference channels 0)"
             )
+        if self.added:
+            parts.append(f"head skip added at zero ({', '.join(self.added)})")
         if self.kept:
             parts.append(f"{len(self.kept)} kept as initialised (e.g. {self.kept[0]})")
         if self.ignored:
@@ -94,6 +98,7 @@ class InitReport:
             "step": self.step,
             "loaded": len(self.loaded),
             "extended": self.extended,
+            "added": self.added,
             "kept": self.kept,
             "ignored": self.ignored,
             "config_diff": self.config_diff,
@@ -107,10 +112,16 @@ def init_from_checkpoint(model: MoFMENet, init: str, strict: bool = True) -> Ini
     theirs_cfg: ModelConfig = meta["config"]
     ours, theirs = model.cfg.to_dict(), theirs_cfg.to_dict()
     extend = ours["in_channels"] == 6 and theirs["in_channels"] == 3
+    # A head skip added to a model without one starts at zero (the same function), so the
+    # checkpoint continues as it was and training learns what the new path adds.
+    add_skip = bool(ours["head_skip"]) and not theirs["head_skip"]
     diff = [
         f"{k}={theirs[k]} (run has {ours[k]})"
         for k in sorted(ours)
-        if k not in FREE_FIELDS and ours[k] != theirs[k] and not (k == "in_channels" and extend)
+        if k not in FREE_FIELDS
+        and ours[k] != theirs[k]
+        and not (k == "in_channels" and extend)
+        and not (k == "head_skip" and add_skip)
     ]
     if diff and strict:
         raise MofmeError(
@@ -140,6 +151,9 @@ def init_from_checkpoint(model: MoFMENet, init: str, strict: bool = True) -> Ini
             # model (on a zero reference) and learns how much to use the reference.
             merged[key] = torch.cat([t, torch.zeros_like(t)], dim=1)
             report.extended.append(key)
+        elif t is None and add_skip and key.startswith(SKIP_PREFIX):
+            merged[key] = torch.zeros_like(own)
+            report.added.append(key)
         else:
             merged[key] = own
             report.kept.append(key)

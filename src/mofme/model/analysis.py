@@ -26,7 +26,7 @@ def _part_of(name: str) -> str:
         return "head"
     if name.startswith(("embed.", "embed_norm.")):
         return "embed"
-    if name.startswith("unpatch."):
+    if name.startswith(("unpatch.", "skip.")):
         return "unpatch"
     if name.startswith("tail."):
         return "tail"
@@ -119,6 +119,6 @@ def count_flops(
     blocks = sum(flops(f"MoFMENet.blocks.{i}") for i in range(model.cfg.depth))
     parts["encoder"] = blocks - experts + attention
     parts["experts"] = experts
-    parts["unpatch"] = flops("MoFMENet.unpatch")
+    parts["unpatch"] = flops("MoFMENet.unpatch") + flops("MoFMENet.skip")
     parts["tail"] = flops("MoFMENet.tail")
     return FlopReport(total, parts, mean_active_experts(model.routing_weights()))

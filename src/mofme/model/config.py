@@ -113,6 +113,11 @@ class ModelConfig:
     # "overlap" (a transposed conv, kernel 2P stride P: every pixel blends the 4 nearest
     # tokens, which removes the grid on flat areas). The paper presets keep "linear".
     unpatch: str = "linear"
+    # Add the conv head's full-resolution features to the unpatched features (a 1x1 conv,
+    # zero at initialisation): pixel-level detail (a snowflake's edge, a streak's width) then
+    # reaches the tail directly instead of through 64 token features per 8x8 block. Off in
+    # the paper presets (the official network has no such path).
+    head_skip: bool = False
     # Load-balancing loss of training (weight train.balance_weight): switch (E·Σ f_e·P_e − 1)
     # or cv2 (squared coefficients of variation of expert importance and load)
     balance_loss: str = "switch"

@@ -1,5 +1,8 @@
 """MoFMENet: conv head -> patch tokens -> [MHSA + FME] × depth -> unpatch -> conv tail.
 
+With ``head_skip`` the head's features also reach the tail directly (1x1 conv, added to the
+unpatched features).
+
 Shapes for an input ``(B, C_in, H, W)`` with patch ``P`` and width ``D``:
 head ``(B, 32, H, W)`` -> tokens ``(B, N, D)``, ``N = ⌈H/P⌉·⌈W/P⌉`` -> unpatch
 ``(B, 128, H', W')`` -> tail ``(B, 3, H, W)`` in [0, 1]. Inputs are reflect-padded to a multiple
@@ -87,6 +90,12 @@ class MoFMENet(nn.Module):
             )
         else:
             self.unpatch = nn.Linear(cfg.dim, cfg.patch * cfg.patch * u)
+        # Optional full-resolution path head -> tail (cfg.head_skip), zero at initialisation
+        # so that a model without it loads into one with it and computes the same function.
+        self.skip = nn.Conv2d(c, u, 1) if cfg.head_skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
         self.tail = nn.Sequential(
             ResBlock(u),
             nn.Conv2d(u, u // 2, 3, padding=1),
@@ -188,6 +197,8 @@ class MoFMENet(nn.Module):
         else:
             up = self.unpatch(tok).view(b, gh, gw, u, p, p)  # (B, h', w', 128, P, P)
             img = up.permute(0, 3, 1, 4, 2, 5).reshape(b, u, gh * p, gw * p)
+        if self.skip is not None:
+            img = img + self.skip(feat)  # (B, 128, H', W') + head features
         out = self.tail(img)  # (B, 3, H', W')
         if self.cfg.global_residual:
             out = out + torch.logit(x_in[:, :3].clamp(1e-4, 1 - 1e-4))
