@@ -2,7 +2,8 @@
 
 Two stages of the same model trained on different data can be averaged tensor by tensor; the
 soup often keeps most of what each learnt (Wortsman et al., "Model soups", 2022). The first
-checkpoint's metadata is kept, and the recipe is recorded in it (``extra["soup"]``).
+checkpoint's metadata is kept, and the recipe is recorded in it (``extra["soup"]``). A checkpoint
+without the head skip mixes with a first one that has it as its zero skip (the same function).
 
     python scripts/soup.py runs/image_stage3/model_last.safetensors:0.75 \
         runs/stage1/image.safetensors:0.25 --out runs/soup/model_last.safetensors
@@ -27,6 +28,10 @@ def soup(parts: list[tuple[str, float]]) -> torch.nn.Module:
     models = [load(path) for path, _ in parts]
     first = models[0]
     states = [m.state_dict() for m in models]
+    if first.cfg.head_skip:
+        for state in states[1:]:
+            for key in [k for k in states[0] if k.startswith("skip.") and k not in state]:
+                state[key] = torch.zeros_like(states[0][key])
     if any(s.keys() != states[0].keys() for s in states[1:]):
         raise MofmeError("soup: the checkpoints have different architectures")
     mixed = {}

@@ -90,6 +90,25 @@ def test_image_checkpoint_starts_video_model_exactly() -> None:
             assert torch.equal(video(torch.cat([x, torch.zeros_like(x)], 1)), image(x))
 
 
+def test_checkpoint_without_head_skip_starts_a_model_with_it_exactly(tmp_path: Path) -> None:
+    image = checkpoint.load(bundled_path("image"))
+    assert not image.cfg.head_skip
+    skip = MoFMENet(dataclasses.replace(image.cfg, head_skip=True)).eval()
+    with torch.no_grad():
+        skip.skip.weight.fill_(1.0)  # init must set the new path to zero, whatever it held
+    report = init_from_checkpoint(skip, "image")
+    assert report.added == ["skip.weight", "skip.bias"] and not report.kept
+    assert not report.config_diff and "head skip added at zero" in report.summary()
+    x = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(skip(x), image(x))
+    # The other way round drops a learned path: refused unless told.
+    ckpt = tmp_path / "skip.safetensors"
+    checkpoint.save(skip, ckpt)
+    with pytest.raises(MofmeError, match=r"head_skip=True \(run has False\)"):
+        init_from_checkpoint(MoFMENet(image.cfg), str(ckpt))
+
+
 def test_trainer_init_video_from_image(video_root: Path, tmp_path: Path) -> None:
     """``model.preset: init`` takes the checkpoint's architecture; the first step starts from
     the image model exactly, and the saved model card records the init."""

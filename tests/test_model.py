@@ -205,6 +205,30 @@ def test_global_residual_starts_near_identity_when_tail_is_zero() -> None:
         torch.testing.assert_close(model(x), x, atol=1e-4, rtol=0)
 
 
+def test_head_skip_is_off_in_presets_and_starts_as_the_same_function() -> None:
+    from mofme.model.config import PRESETS
+
+    assert all(not get_preset(name).head_skip for name in PRESETS)
+    plain = tiny(global_residual=True, unpatch="overlap")
+    torch.nn.init.normal_(plain.tail[-1].weight, std=0.1)  # a trained tail, not the zero start
+    skip = MoFMENet.from_preset("tiny", global_residual=True, unpatch="overlap", head_skip=True)
+    missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["skip.bias", "skip.weight"] and not unexpected
+    skip.eval()
+    x = torch.rand(2, 3, 37, 53)
+    with torch.no_grad():
+        assert torch.equal(skip(x), plain(x))  # zero skip: the very same output
+        skip.skip.weight.normal_()
+        assert not torch.equal(skip(x), plain(x))  # ... and it is on the output's path
+
+
+def test_gradients_reach_a_zero_head_skip() -> None:
+    model = tiny(head_skip=True).train()
+    assert model.skip.weight.abs().sum() == 0
+    model(torch.rand(2, 3, 32, 32)).square().mean().backward()
+    assert model.skip.weight.grad.abs().sum() > 0 and model.skip.bias.grad.abs().sum() > 0
+
+
 # --- gradients ------------------------------------------------------------------------------
 
 

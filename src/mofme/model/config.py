@@ -115,8 +115,8 @@ class ModelConfig:
     unpatch: str = "linear"
     # Add the conv head's full-resolution features to the unpatched features (a 1x1 conv,
     # zero at initialisation): pixel-level detail (a snowflake's edge, a streak's width) then
-    # reaches the tail directly instead of through 64 token features per 8x8 block. Off in
-    # the paper presets (the official network has no such path).
+    # reaches the tail directly, not only through the D token features of its 8x8 block.
+    # Off in the paper presets (the official network has no such path).
     head_skip: bool = False
     # Load-balancing loss of training (weight train.balance_weight): switch (E·Σ f_e·P_e − 1)
     # or cv2 (squared coefficients of variation of expert importance and load)
