@@ -290,7 +290,10 @@ class Trainer:
             )
             weight = 0.0
         return RestorationLoss(
-            perceptual_weight=weight, vgg_weights=t.vgg_weights, speck_weight=t.speck_weight
+            perceptual_weight=weight,
+            vgg_weights=t.vgg_weights,
+            speck_weight=t.speck_weight,
+            smooth_l1_beta=t.smooth_l1_beta,
         )
 
     # -- helpers ---------------------------------------------------------------------------

@@ -70,6 +70,10 @@ class TrainConfig:
     balance_weight: float = 0.0  # weight of the expert load-balancing loss (model.balance_loss)
     # weight of the dark-speck penalty (mofme.losses.speck_penalty; 0 = the paper's loss)
     speck_weight: float = 0.0
+    # SmoothL1's beta. On [0, 1] images the paper's 1.0 is half the squared error everywhere;
+    # a small beta (e.g. 0.01) is an L1 loss: it favours a decisive correction (remove a flake
+    # or leave the pixel exactly as it was) over a partial, averaged one.
+    smooth_l1_beta: float = 1.0
     log_every: int = 50  # steps between log.jsonl lines (first and last step always logged)
     val_every: int = 1000  # steps between validations (0 = only at the end)
     ckpt_every: int = 1000  # steps between checkpoints (0 = only at the end)
@@ -153,6 +157,8 @@ class TrainRunConfig:
             raise MofmeError("train: weight_decay, grad_clip and perceptual_weight must be >= 0")
         if not t.speck_weight >= 0:
             raise MofmeError(f"train.speck_weight must be >= 0, got {t.speck_weight}")
+        if not t.smooth_l1_beta > 0:
+            raise MofmeError(f"train.smooth_l1_beta must be > 0, got {t.smooth_l1_beta}")
         if t.balance_weight < 0:
             raise MofmeError(f"train.balance_weight must be >= 0, got {t.balance_weight}")
         if not 0 <= t.ema < 1:
