@@ -178,3 +178,13 @@ def test_restoration_loss_speck_term() -> None:
     assert float(total) == pytest.approx(float(total0) + 4.0 * parts["speck"], rel=1e-6)
     with pytest.raises(ValueError, match="speck_weight"):
         RestorationLoss(perceptual_weight=0.0, speck_weight=-1.0)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.01])
+def test_restoration_loss_beta(beta: float) -> None:
+    target = torch.full((1, 3, 8, 8), 0.5)
+    pred = target.clone()
+    pred[..., 2, 2] = 0.9  # one flake left: error 0.4
+    total, parts = RestorationLoss(perceptual_weight=0.0, smooth_l1_beta=beta)(pred, target)
+    per_pixel = 0.5 * 0.4**2 / beta if 0.4 < beta else 0.4 - 0.5 * beta
+    assert float(total) == pytest.approx(per_pixel / 64, rel=1e-5) == parts["smooth_l1"]

@@ -191,6 +191,8 @@ def test_log_with_foreign_lines_does_not_stop_a_resume(trained_run, tmp_path, ca
         ('model.global_residual="yes"', "true/false"),
         ("train.threads=100000", "threads"),
         ("data.workers=-1", "data.workers"),
+        ("train.smooth_l1_beta=0", "smooth_l1_beta"),
+        ('model.head_skip="yes"', "true/false"),
     ],
 )
 def test_bad_training_values_are_refused(tmp_path, capsys, override, message):
