@@ -267,3 +267,22 @@ def test_cli_init_flag(pairs_root: Path, tmp_path: Path) -> None:
         == 0
     )
     assert checkpoint.load(tmp_path / "run" / "model_last.safetensors").step == 3
+
+
+def test_trainer_adds_head_skip_and_takes_the_loss_beta(pairs_root: Path, tmp_path: Path) -> None:
+    """``model: {preset: init, head_skip: true}`` continues the bundled model exactly, with the
+    configured SmoothL1 beta."""
+    cfg = _cfg(
+        pairs_root,
+        tmp_path / "run",
+        {"preset": "init", "head_skip": True},
+        {"init": "image", "smooth_l1_beta": 0.01},
+    )
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.criterion.smooth_l1_beta == 0.01
+    assert trainer.init_report.added == ["skip.weight", "skip.bias"]
+    image = checkpoint.load(bundled_path("image"))
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(trainer.raw_model.eval()(x), image(x))
+    trainer.close()

@@ -186,5 +186,5 @@ def test_restoration_loss_beta(beta: float) -> None:
     pred = target.clone()
     pred[..., 2, 2] = 0.9  # one flake left: error 0.4
     total, parts = RestorationLoss(perceptual_weight=0.0, smooth_l1_beta=beta)(pred, target)
-    per_pixel = 0.5 * 0.4**2 / beta if 0.4 < beta else 0.4 - 0.5 * beta
+    per_pixel = 0.5 * 0.4**2 / beta if beta > 0.4 else 0.4 - 0.5 * beta
     assert float(total) == pytest.approx(per_pixel / 64, rel=1e-5) == parts["smooth_l1"]
