@@ -28,7 +28,14 @@ from torch import nn
 
 from mofme.errors import MofmeError
 
-__all__ = ["VGG_LAYERS", "RestorationLoss", "VGG16Features", "load_vgg16", "speck_penalty"]
+__all__ = [
+    "VGG_LAYERS",
+    "RestorationLoss",
+    "VGG16Features",
+    "load_vgg16",
+    "speck_penalty",
+    "weather_mask",
+]
 
 #: torchvision ``vgg16().features`` index of the ReLU after each named conv.
 VGG_LAYERS: dict[str, int] = {
@@ -197,9 +204,21 @@ def speck_penalty(pred: torch.Tensor, target: torch.Tensor, window: int = 9) -> 
     return F.relu(e - local).pow(2).mean()
 
 
+WEATHER_THRESHOLD = 0.02
+"""A pixel counts as weather when its input differs from the target by more than this (any
+channel, [0, 1] scale): about 5 grey levels, above the PNG and resampling noise of clean pairs."""
+
+
+def weather_mask(degraded: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)`` 1.0 where the input's weather changed the pixel, else 0.0."""
+    diff = (degraded[:, :3].float() - target.float()).abs().amax(1, keepdim=True)
+    return (diff > WEATHER_THRESHOLD).float()
+
+
 class RestorationLoss(nn.Module):
     """``SmoothL1(pred, target) + perceptual_weight · perceptual(pred, target)
-    + speck_weight · speck_penalty(pred, target)``.
+    + speck_weight · speck_penalty(pred, target)``; with ``weather_weight`` w, the SmoothL1
+    term of a pixel that the weather changed (:func:`weather_mask`) counts 1 + w times.
 
     Args:
         perceptual_weight: λ (0.04 in the paper); 0 switches the perceptual term off.
@@ -208,6 +227,8 @@ class RestorationLoss(nn.Module):
         smooth_l1_beta: SmoothL1 transition point (PyTorch's ``beta``).
         vgg_normalize: ImageNet mean/std normalisation before VGG (see module docstring).
         speck_weight: weight of :func:`speck_penalty` (0, the paper's loss: off).
+        weather_weight: extra weight of weather pixels in the SmoothL1 term (0: off, the
+            paper's loss). Needs the degraded input: ``forward(pred, target, degraded)``.
 
     ``forward(pred, target)`` with ``(B, 3, H, W)`` tensors returns ``(total, parts)``: the
     scalar loss to back-propagate and floats ``{"smooth_l1", "perceptual", "total"}`` (plus
@@ -222,11 +243,15 @@ class RestorationLoss(nn.Module):
         smooth_l1_beta: float = 1.0,
         vgg_normalize: bool = True,
         speck_weight: float = 0.0,
+        weather_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not speck_weight >= 0:
             raise ValueError(f"speck_weight must be >= 0, got {speck_weight}")
+        if not weather_weight >= 0:
+            raise ValueError(f"weather_weight must be >= 0, got {weather_weight}")
         self.speck_weight = speck_weight
+        self.weather_weight = weather_weight
         self.smooth_l1_beta = smooth_l1_beta
         self.vgg: VGG16Features | None = None
         if perceptual_weight > 0 and vgg_weights is None:
@@ -247,10 +272,19 @@ class RestorationLoss(nn.Module):
         return torch.stack(terms).mean()
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor
+        self, pred: torch.Tensor, target: torch.Tensor, degraded: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         with _no_autocast(pred.device):
-            pixel = F.smooth_l1_loss(pred.float(), target.float(), beta=self.smooth_l1_beta)
+            if self.weather_weight > 0:
+                if degraded is None:
+                    raise ValueError("weather_weight needs the degraded input")
+                per_pixel = F.smooth_l1_loss(
+                    pred.float(), target.float(), beta=self.smooth_l1_beta, reduction="none"
+                )
+                weight = 1.0 + self.weather_weight * weather_mask(degraded, target)
+                pixel = (per_pixel * weight).mean()
+            else:
+                pixel = F.smooth_l1_loss(pred.float(), target.float(), beta=self.smooth_l1_beta)
         total = pixel
         perceptual = pred.new_zeros((), dtype=torch.float32)
         if self.vgg is not None:

@@ -294,6 +294,7 @@ class Trainer:
             vgg_weights=t.vgg_weights,
             speck_weight=t.speck_weight,
             smooth_l1_beta=t.smooth_l1_beta,
+            weather_weight=t.weather_weight,
         )
 
     # -- helpers ---------------------------------------------------------------------------
@@ -407,7 +408,7 @@ class Trainer:
         bw = self.cfg.train.balance_weight
         with self._autocast():
             pred = self.model(inp)
-        loss, parts = self.criterion(pred, target)
+        loss, parts = self.criterion(pred, target, inp[:, :3])
         # The balancing loss comes from the routing the FME layers kept from this forward.
         if bw > 0:
             aux = self.raw_model.aux_loss()

@@ -74,6 +74,10 @@ class TrainConfig:
     # a small beta (e.g. 0.01) is an L1 loss: it favours a decisive correction (remove a flake
     # or leave the pixel exactly as it was) over a partial, averaged one.
     smooth_l1_beta: float = 1.0
+    # Extra weight of the pixels the weather changed (input vs target differ by > 0.02) in the
+    # pixel loss: 0 = the paper's loss; w counts them 1 + w times, against a model that learns
+    # to leave weather in place because most pixels of most crops are clean.
+    weather_weight: float = 0.0
     log_every: int = 50  # steps between log.jsonl lines (first and last step always logged)
     val_every: int = 1000  # steps between validations (0 = only at the end)
     ckpt_every: int = 1000  # steps between checkpoints (0 = only at the end)
@@ -157,6 +161,8 @@ class TrainRunConfig:
             raise MofmeError("train: weight_decay, grad_clip and perceptual_weight must be >= 0")
         if not t.speck_weight >= 0:
             raise MofmeError(f"train.speck_weight must be >= 0, got {t.speck_weight}")
+        if not t.weather_weight >= 0:
+            raise MofmeError(f"train.weather_weight must be >= 0, got {t.weather_weight}")
         if not t.smooth_l1_beta > 0:
             raise MofmeError(f"train.smooth_l1_beta must be > 0, got {t.smooth_l1_beta}")
         if t.balance_weight < 0:
