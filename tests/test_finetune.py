@@ -116,7 +116,7 @@ def test_trainer_init_video_from_image(video_root: Path, tmp_path: Path) -> None
         video_root,
         tmp_path / "run",
         {"preset": "init", "in_channels": 6},
-        {"init": "image", "batch_size": 2},
+        {"init": "image", "batch_size": 2, "weather_weight": 1.0},  # loss gets the frame
         kind="video",
         clip_len=2,
     )
@@ -269,20 +269,23 @@ def test_cli_init_flag(pairs_root: Path, tmp_path: Path) -> None:
     assert checkpoint.load(tmp_path / "run" / "model_last.safetensors").step == 3
 
 
-def test_trainer_adds_head_skip_and_takes_the_loss_beta(pairs_root: Path, tmp_path: Path) -> None:
+def test_trainer_adds_head_skip_and_takes_the_loss_options(
+    pairs_root: Path, tmp_path: Path
+) -> None:
     """``model: {preset: init, head_skip: true}`` continues the bundled model exactly, with the
-    configured SmoothL1 beta."""
+    configured loss options."""
     cfg = _cfg(
         pairs_root,
         tmp_path / "run",
         {"preset": "init", "head_skip": True},
-        {"init": "image", "smooth_l1_beta": 0.01},
+        {"init": "image", "smooth_l1_beta": 0.01, "weather_weight": 2.0, "steps": 2},
     )
     trainer = Trainer(cfg, progress=False)
-    assert trainer.criterion.smooth_l1_beta == 0.01
+    assert trainer.criterion.smooth_l1_beta == 0.01 and trainer.criterion.weather_weight == 2.0
     assert trainer.init_report.added == ["skip.weight", "skip.bias"]
     image = checkpoint.load(bundled_path("image"))
     x = torch.rand(1, 3, 24, 24)
     with torch.no_grad():
         assert torch.equal(trainer.raw_model.eval()(x), image(x))
-    trainer.close()
+    trainer.raw_model.train()
+    assert trainer.run()["finished"]  # the training step hands the degraded input to the loss

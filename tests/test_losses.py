@@ -9,7 +9,13 @@ import torch
 from safetensors.torch import save_file
 
 from mofme.errors import MofmeError
-from mofme.losses import RestorationLoss, VGG16Features, load_vgg16, speck_penalty
+from mofme.losses import (
+    RestorationLoss,
+    VGG16Features,
+    load_vgg16,
+    speck_penalty,
+    weather_mask,
+)
 
 # torchvision vgg16().features: convs at these indices, ReLU after each, pools at 4/9/16/23/30.
 # The deeper convs 19..28 (512 -> 512) are left out to keep the test fast; conv 17 stands for
@@ -188,3 +194,31 @@ def test_restoration_loss_beta(beta: float) -> None:
     total, parts = RestorationLoss(perceptual_weight=0.0, smooth_l1_beta=beta)(pred, target)
     per_pixel = 0.5 * 0.4**2 / beta if beta > 0.4 else 0.4 - 0.5 * beta
     assert float(total) == pytest.approx(per_pixel / 64, rel=1e-5) == parts["smooth_l1"]
+
+
+def test_weather_mask_marks_changed_pixels_only() -> None:
+    target = torch.full((1, 3, 6, 6), 0.5)
+    degraded = target.clone()
+    degraded[0, 1, 2, 3] = 0.9  # a flake, one channel is enough
+    degraded[0, :, 4, 4] += 0.01  # below the threshold: noise, not weather
+    mask = weather_mask(torch.cat([degraded, torch.zeros_like(degraded)], 1), target)
+    assert mask.shape == (1, 1, 6, 6) and float(mask.sum()) == 1.0 and mask[0, 0, 2, 3] == 1.0
+
+
+def test_restoration_loss_weather_weight() -> None:
+    target = torch.full((1, 3, 8, 8), 0.5)
+    degraded = target.clone()
+    degraded[..., 2, 2] = 0.9
+    pred = degraded.clone()  # weather left in place, and an error on a clean pixel
+    pred[..., 5, 5] = 0.6
+    plain, _ = RestorationLoss(perceptual_weight=0.0, smooth_l1_beta=0.01)(pred, target)
+    loss = RestorationLoss(perceptual_weight=0.0, smooth_l1_beta=0.01, weather_weight=3.0)
+    weighted, parts = loss(pred, target, degraded)
+    # error 0.4 on the weather pixel counts 4 times, 0.1 on the clean pixel once (3 channels)
+    expected = 3 * (4 * (0.4 - 0.005) + (0.1 - 0.005)) / 192
+    assert float(weighted) == pytest.approx(expected, rel=1e-5) == parts["total"]
+    assert float(weighted) > float(plain)
+    with pytest.raises(ValueError, match="degraded"):
+        loss(pred, target)
+    with pytest.raises(ValueError, match="weather_weight"):
+        RestorationLoss(perceptual_weight=0.0, weather_weight=-1.0)
