@@ -158,6 +158,8 @@ def main() -> None:
         "steps": model.step,
         "batch_size": cfg.get("train", {}).get("batch_size"),
         "speck_weight": cfg.get("train", {}).get("speck_weight", 0.0),
+        "smooth_l1_beta": cfg.get("train", {}).get("smooth_l1_beta", 1.0),
+        "weather_weight": cfg.get("train", {}).get("weather_weight", 0.0),
         "train_seconds": seconds,
         "held_out_photos": "scikit-image astronaut, chelsea, coffee, rocket, motorcycle",
         "held_out": held_out(model, args.bench, kind, inference["tile"], args.held_out_per_set),
