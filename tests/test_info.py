@@ -91,3 +91,27 @@ def test_info_prints_the_card_and_one_line_per_earlier_stage(tmp_path, capsys) -
     assert card_lines[2].lstrip().startswith("previous_stages")
     assert "runs/s1.safetensors: 4000 steps" in card_lines[3]
     assert not card_lines[3].lstrip().startswith("previous_stages")
+
+
+def test_head_skip_is_shown_and_counted_in_unpatch(tmp_path, capsys) -> None:
+    import torch
+
+    from mofme.model.analysis import count_flops, param_counts
+
+    torch.manual_seed(0)
+    kw = dict(head_channels=8, unpatch_channels=16)
+    plain, skip = (
+        MoFMENet.from_preset("tiny", **kw),
+        MoFMENet.from_preset("tiny", head_skip=True, **kw),
+    )
+    extra = 8 * 16 + 16  # the 1x1 conv head -> unpatch channels
+    assert param_counts(skip)["unpatch"] == param_counts(plain)["unpatch"] + extra
+    assert param_counts(skip)["total"] == param_counts(plain)["total"] + extra
+    rep = count_flops(skip, (32, 48))
+    added = rep.parts["unpatch"] - count_flops(plain, (32, 48)).parts["unpatch"]
+    assert added == 2 * 32 * 48 * 8 * 16  # one multiply-add per weight and pixel
+    assert rep.total == pytest.approx(sum(rep.parts.values()))
+    path = tmp_path / "skip.safetensors"
+    checkpoint.save(skip, path)
+    assert main(["info", str(path), "--size", "16x16"]) == 0
+    assert "head_skip=True" in capsys.readouterr().out

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"arch       dim={c.dim} depth={c.depth} experts={c.num_experts} patch={c.patch} "
         f"heads={c.heads}x{c.head_dim} in_channels={c.in_channels} global_residual={c.global_residual}"
+        + (" head_skip=True" if c.head_skip else "")
     )
     print(f"routing    router={c.router} selection={info['routing']} experts={c.expert_impl}")
     print(f"params     {counts['total']:,} ({counts['total'] / 1e6:.2f} M)")
