@@ -65,6 +65,18 @@ def test_uncertainty_router_exports(tmp_path):
     assert max(d for _, _, d in check_onnx(path, model)) <= TOLERANCE
 
 
+def test_head_skip_exports(tmp_path):
+    torch.manual_seed(0)
+    cfg = get_preset("tiny", dim=32, heads=2, head_dim=16, global_residual=True,
+                     unpatch="overlap", head_skip=True)  # fmt: skip
+    model = MoFMENet(cfg).eval()
+    with torch.no_grad():  # a trained skip and tail, not the zero start
+        torch.nn.init.normal_(model.skip.weight, std=0.1)
+        torch.nn.init.normal_(model.tail[-1].weight, std=0.1)
+    path = export_onnx(model, tmp_path / "skip.onnx")
+    assert max(d for _, _, d in check_onnx(path, model)) <= TOLERANCE
+
+
 def test_graph_size_is_dynamic_and_routing_is_in_the_graph(tmp_path):
     """The routing really is inside the graph: another top-k gives another (matching) output."""
     model = checkpoint.load(bundled_path("image"))
