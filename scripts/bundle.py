@@ -151,15 +151,16 @@ def main() -> None:
         if kind == "video"
         else choose_tile(model, args.bench, args.per_set)
     )
+    train_cfg = cfg.get("train", {})
     card = {
         "kind": kind,
         "trained_on": data_meta,
         "crop": cfg.get("data", {}).get("crop"),
         "steps": model.step,
-        "batch_size": cfg.get("train", {}).get("batch_size"),
-        "speck_weight": cfg.get("train", {}).get("speck_weight", 0.0),
-        "smooth_l1_beta": cfg.get("train", {}).get("smooth_l1_beta", 1.0),
-        "weather_weight": cfg.get("train", {}).get("weather_weight", 0.0),
+        "batch_size": train_cfg.get("batch_size"),
+        "speck_weight": train_cfg.get("speck_weight", 0.0),
+        "smooth_l1_beta": train_cfg.get("smooth_l1_beta", 1.0),
+        "weather_weight": train_cfg.get("weather_weight", 0.0),
         "train_seconds": seconds,
         "held_out_photos": "scikit-image astronaut, chelsea, coffee, rocket, motorcycle",
         "held_out": held_out(model, args.bench, kind, inference["tile"], args.held_out_per_set),
@@ -167,7 +168,7 @@ def main() -> None:
     }
     if extra.get("soup"):
         card["soup"] = extra["soup"]
-    stages = _previous_stages(cfg.get("train", {}).get("init"))
+    stages = _previous_stages(train_cfg.get("init"))
     if stages:  # a continued run: keep what every earlier stage cost
         card["previous_stages"] = stages
         card["total_train_seconds"] = round(

@@ -18,6 +18,7 @@ import torch
 
 from mofme.checkpoint import load, save
 from mofme.errors import MofmeError
+from mofme.finetune import SKIP_PREFIX
 
 
 def soup(parts: list[tuple[str, float]]) -> torch.nn.Module:
@@ -30,7 +31,7 @@ def soup(parts: list[tuple[str, float]]) -> torch.nn.Module:
     states = [m.state_dict() for m in models]
     if first.cfg.head_skip:
         for state in states[1:]:
-            for key in [k for k in states[0] if k.startswith("skip.") and k not in state]:
+            for key in [k for k in states[0] if k.startswith(SKIP_PREFIX) and k not in state]:
                 state[key] = torch.zeros_like(states[0][key])
     if any(s.keys() != states[0].keys() for s in states[1:]):
         raise MofmeError("soup: the checkpoints have different architectures")
