@@ -278,10 +278,17 @@ def test_trainer_adds_head_skip_and_takes_the_loss_options(
         pairs_root,
         tmp_path / "run",
         {"preset": "init", "head_skip": True},
-        {"init": "image", "smooth_l1_beta": 0.01, "weather_weight": 2.0, "steps": 2},
+        {
+            "init": "image",
+            "smooth_l1_beta": 0.01,
+            "weather_weight": 2.0,
+            "steps": 2,
+            "weather_mask": "local",
+        },  # fmt: skip
     )
     trainer = Trainer(cfg, progress=False)
     assert trainer.criterion.smooth_l1_beta == 0.01 and trainer.criterion.weather_weight == 2.0
+    assert trainer.criterion.weather_mask == "local"
     assert trainer.init_report.added == ["skip.weight", "skip.bias"]
     image = checkpoint.load(bundled_path("image"))
     x = torch.rand(1, 3, 24, 24)

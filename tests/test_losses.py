@@ -205,6 +205,36 @@ def test_weather_mask_marks_changed_pixels_only() -> None:
     assert mask.shape == (1, 1, 6, 6) and float(mask.sum()) == 1.0 and mask[0, 0, 2, 3] == 1.0
 
 
+def test_local_weather_mask_keeps_flakes_drops_smooth_veil() -> None:
+    yy = torch.linspace(0, 1, 48).view(1, 1, 48, 1)
+    xx = torch.linspace(0, 1, 48).view(1, 1, 1, 48)
+    target = (0.2 + 0.3 * xx * yy).expand(1, 3, 48, 48).clone()  # smooth content (a sky)
+    hazy = target * (0.7 - 0.2 * yy) + 0.3 + 0.2 * yy  # a smooth veil, strongest at the bottom
+    hazy[0, :, 20, 30] = 1.0  # and one flake
+    both = torch.cat([hazy, torch.zeros_like(hazy)], 1)
+    assert float(weather_mask(both, target).mean()) > 0.9  # "any": the veil counts everywhere
+    local = weather_mask(both, target, "local")
+    assert local[0, 0, 20, 30] == 1.0
+    assert float(local.sum()) < 0.05 * local.numel()  # the veil hardly counts, the flake does
+    with pytest.raises(ValueError, match="mode"):
+        weather_mask(both, target, "global")
+    with pytest.raises(ValueError, match="weather_mask"):
+        RestorationLoss(perceptual_weight=0.0, weather_mask="global")
+
+
+@pytest.mark.parametrize("mode", ["any", "local"])
+def test_restoration_loss_weather_weight_modes_agree_on_a_flake(mode: str) -> None:
+    """On flat content a single flake is weather in both modes: same weighted loss."""
+    target = torch.full((1, 3, 8, 8), 0.5)
+    degraded = target.clone()
+    degraded[..., 2, 2] = 0.9
+    loss = RestorationLoss(
+        perceptual_weight=0.0, smooth_l1_beta=0.01, weather_weight=3.0, weather_mask=mode
+    )
+    weighted, _ = loss(degraded, target, degraded)
+    assert float(weighted) == pytest.approx(3 * 4 * (0.4 - 0.005) / 192, rel=1e-5)
+
+
 def test_restoration_loss_weather_weight() -> None:
     target = torch.full((1, 3, 8, 8), 0.5)
     degraded = target.clone()

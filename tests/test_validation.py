@@ -192,6 +192,7 @@ def test_log_with_foreign_lines_does_not_stop_a_resume(trained_run, tmp_path, ca
         ("train.threads=100000", "threads"),
         ("data.workers=-1", "data.workers"),
         ("train.smooth_l1_beta=0", "smooth_l1_beta"),
+        ("train.weather_mask=global", "weather_mask"),
         ('model.head_skip="yes"', "true/false"),
     ],
 )

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mofme.errors import MofmeError
+from mofme.training.config import WEATHER_MASKS
 
 __all__ = [
     "VGG_LAYERS",
@@ -209,10 +210,28 @@ WEATHER_THRESHOLD = 0.02
 channel, [0, 1] scale): about 5 grey levels, above the PNG and resampling noise of clean pairs."""
 
 
-def weather_mask(degraded: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, H, W)`` 1.0 where the input's weather changed the pixel, else 0.0."""
-    diff = (degraded[:, :3].float() - target.float()).abs().amax(1, keepdim=True)
-    return (diff > WEATHER_THRESHOLD).float()
+LOCAL_WINDOW = 15
+"""Box window (pixels) whose mean change :func:`weather_mask`'s ``local`` mode subtracts: wider
+than flakes, streaks and most lens drops, narrower than the slow changes of haze and fog."""
+
+
+def weather_mask(degraded: torch.Tensor, target: torch.Tensor, mode: str = "any") -> torch.Tensor:
+    """``(B, 1, H, W)`` 1.0 where the input's weather changed the pixel, else 0.0.
+
+    ``"any"``: the pixel differs from the target by more than :data:`WEATHER_THRESHOLD`.
+    ``"local"``: its change differs by that much from the mean change around it
+    (:data:`LOCAL_WINDOW`), so particles (flakes, streaks, drops) count and the smooth shift of
+    haze does not (its loss of contrast on texture still does): weighting every hazy pixel
+    teaches a model to darken any bright, low-contrast photo, clean ones included.
+    """
+    diff = degraded[:, :3].float() - target.float()  # (B, 3, H, W)
+    if mode == "local":
+        diff = diff - F.avg_pool2d(
+            diff, LOCAL_WINDOW, stride=1, padding=LOCAL_WINDOW // 2, count_include_pad=False
+        )
+    elif mode != "any":
+        raise ValueError(f"weather mask mode must be one of {WEATHER_MASKS}, got {mode!r}")
+    return (diff.abs().amax(1, keepdim=True) > WEATHER_THRESHOLD).float()
 
 
 class RestorationLoss(nn.Module):
@@ -229,6 +248,7 @@ class RestorationLoss(nn.Module):
         speck_weight: weight of :func:`speck_penalty` (0, the paper's loss: off).
         weather_weight: extra weight of weather pixels in the SmoothL1 term (0: off, the
             paper's loss). Needs the degraded input: ``forward(pred, target, degraded)``.
+        weather_mask: which pixels count as weather (:func:`weather_mask`'s ``mode``).
 
     ``forward(pred, target)`` with ``(B, 3, H, W)`` tensors returns ``(total, parts)``: the
     scalar loss to back-propagate and floats ``{"smooth_l1", "perceptual", "total"}`` (plus
@@ -244,8 +264,12 @@ class RestorationLoss(nn.Module):
         vgg_normalize: bool = True,
         speck_weight: float = 0.0,
         weather_weight: float = 0.0,
+        weather_mask: str = "any",
     ) -> None:
         super().__init__()
+        if weather_mask not in WEATHER_MASKS:
+            raise ValueError(f"weather_mask must be one of {WEATHER_MASKS}, got {weather_mask!r}")
+        self.weather_mask = weather_mask
         if not speck_weight >= 0:
             raise ValueError(f"speck_weight must be >= 0, got {speck_weight}")
         if not weather_weight >= 0:
@@ -281,7 +305,8 @@ class RestorationLoss(nn.Module):
                 per_pixel = F.smooth_l1_loss(
                     pred.float(), target.float(), beta=self.smooth_l1_beta, reduction="none"
                 )
-                weight = 1.0 + self.weather_weight * weather_mask(degraded, target)
+                mask = weather_mask(degraded, target, self.weather_mask)
+                weight = 1.0 + self.weather_weight * mask
                 pixel = (per_pixel * weight).mean()
             else:
                 pixel = F.smooth_l1_loss(pred.float(), target.float(), beta=self.smooth_l1_beta)

@@ -295,6 +295,7 @@ class Trainer:
             speck_weight=t.speck_weight,
             smooth_l1_beta=t.smooth_l1_beta,
             weather_weight=t.weather_weight,
+            weather_mask=t.weather_mask,
         )
 
     # -- helpers ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ KINDS = ("image", "video")
 AMP_MODES = ("none", "bf16", "fp16", "auto")
 REFERENCES = ("prediction", "teacher", "none")
 NONFINITE_MODES = ("skip", "stop")
+WEATHER_MASKS = ("any", "local")  # mofme.losses.weather_mask modes
 
 
 @dataclass
@@ -78,6 +79,9 @@ class TrainConfig:
     # pixel loss: 0 = the paper's loss; w counts them 1 + w times, against a model that learns
     # to leave weather in place because most pixels of most crops are clean.
     weather_weight: float = 0.0
+    # Which pixels weather_weight weighs: any = every changed pixel; local = only changes that
+    # stand out from the mean change around them (flakes, streaks, drops; not the veil of haze)
+    weather_mask: str = "any"
     log_every: int = 50  # steps between log.jsonl lines (first and last step always logged)
     val_every: int = 1000  # steps between validations (0 = only at the end)
     ckpt_every: int = 1000  # steps between checkpoints (0 = only at the end)
@@ -163,6 +167,7 @@ class TrainRunConfig:
             raise MofmeError(f"train.speck_weight must be >= 0, got {t.speck_weight}")
         if not t.weather_weight >= 0:
             raise MofmeError(f"train.weather_weight must be >= 0, got {t.weather_weight}")
+        _choice("train.weather_mask", t.weather_mask, WEATHER_MASKS)
         if not t.smooth_l1_beta > 0:
             raise MofmeError(f"train.smooth_l1_beta must be > 0, got {t.smooth_l1_beta}")
         if t.balance_weight < 0:
