@@ -284,7 +284,7 @@ def test_trainer_adds_head_skip_and_takes_the_loss_options(
             "weather_weight": 2.0,
             "steps": 2,
             "weather_mask": "local",
-        },  # fmt: skip
+        },
     )
     trainer = Trainer(cfg, progress=False)
     assert trainer.criterion.smooth_l1_beta == 0.01 and trainer.criterion.weather_weight == 2.0
