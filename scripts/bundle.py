@@ -161,6 +161,7 @@ def main() -> None:
         "speck_weight": train_cfg.get("speck_weight", 0.0),
         "smooth_l1_beta": train_cfg.get("smooth_l1_beta", 1.0),
         "weather_weight": train_cfg.get("weather_weight", 0.0),
+        "weather_mask": train_cfg.get("weather_mask", "any"),
         "train_seconds": seconds,
         "held_out_photos": "scikit-image astronaut, chelsea, coffee, rocket, motorcycle",
         "held_out": held_out(model, args.bench, kind, inference["tile"], args.held_out_per_set),

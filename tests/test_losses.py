@@ -205,7 +205,7 @@ def test_weather_mask_marks_changed_pixels_only() -> None:
     assert mask.shape == (1, 1, 6, 6) and float(mask.sum()) == 1.0 and mask[0, 0, 2, 3] == 1.0
 
 
-def test_local_weather_mask_keeps_flakes_drops_smooth_veil() -> None:
+def test_local_weather_mask_counts_a_flake_not_a_smooth_veil() -> None:
     yy = torch.linspace(0, 1, 48).view(1, 1, 48, 1)
     xx = torch.linspace(0, 1, 48).view(1, 1, 1, 48)
     target = (0.2 + 0.3 * xx * yy).expand(1, 3, 48, 48).clone()  # smooth content (a sky)
