@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mofme.errors import MofmeError
+from mofme.metrics import local_deviation
 from mofme.training.config import WEATHER_MASKS
 
 __all__ = [
@@ -201,8 +202,7 @@ def speck_penalty(pred: torch.Tensor, target: torch.Tensor, window: int = 9) -> 
     channel instead of the mean, to count coloured specks too; the mean keeps this smooth).
     """
     e = (target.float() - pred.float()).mean(dim=1, keepdim=True).clamp(min=0.0)
-    local = F.avg_pool2d(e, window, stride=1, padding=window // 2, count_include_pad=False)
-    return F.relu(e - local).pow(2).mean()
+    return F.relu(local_deviation(e, window)).pow(2).mean()
 
 
 WEATHER_THRESHOLD = 0.02
@@ -226,9 +226,7 @@ def weather_mask(degraded: torch.Tensor, target: torch.Tensor, mode: str = "any"
     """
     diff = degraded[:, :3].float() - target.float()  # (B, 3, H, W)
     if mode == "local":
-        diff = diff - F.avg_pool2d(
-            diff, LOCAL_WINDOW, stride=1, padding=LOCAL_WINDOW // 2, count_include_pad=False
-        )
+        diff = local_deviation(diff, LOCAL_WINDOW)
     elif mode != "any":
         raise ValueError(f"weather mask mode must be one of {WEATHER_MASKS}, got {mode!r}")
     return (diff.abs().amax(1, keepdim=True) > WEATHER_THRESHOLD).float()

@@ -194,6 +194,14 @@ def grid_ratio(
     return (border_sum / border_n) / (inner_sum / inner_n)
 
 
+def local_deviation(x: torch.Tensor, window: int) -> torch.Tensor:
+    """``x`` minus its ``window x window`` box mean, per channel (``(B, C, H, W)``; at the
+    borders the mean of the pixels inside): a particle or speck stands out, a smooth offset
+    (brightness, haze) does not. Shared by :func:`dark_speck_share`,
+    :func:`mofme.losses.speck_penalty` and :func:`mofme.losses.weather_mask`."""
+    return x - F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)
+
+
 def dark_speck_share(
     pred: torch.Tensor,
     clean: torch.Tensor,
@@ -219,6 +227,5 @@ def dark_speck_share(
         return e.reshape(-1, 1, *e.shape[-2:])
 
     e = err(pred).clamp(min=0.0)  # only darkening: snow left in beside a pixel is no dip
-    local = F.avg_pool2d(e, window, stride=1, padding=window // 2, count_include_pad=False)
-    speck = (e - local) > threshold
+    speck = local_deviation(e, window) > threshold
     return float((speck & ~(err(degraded) > threshold)).float().mean())
