@@ -45,7 +45,14 @@ from mofme.evaluate import InputAsOutput, evaluate_images
 from mofme.results import severity_gains
 
 
+def write_set(out: Path, photos: str | Path, per_set: int, seed: int) -> None:
+    """The selection benchmark (256x320, no clips) from the photos in folder ``photos``."""
+    synth.write_benchmark(out, n_per_set=per_set, size_hw=(256, 320), n_clips=0, seed=seed,
+                          source_folder=photos, progress=False)  # fmt: skip
+
+
 def make_set(out: Path, per_set: int = 4, seed: int = 21) -> None:
+    """The set from the training colour photos, each as it is and three times veiled."""
     with tempfile.TemporaryDirectory() as tmp:
         k = 0
         for name in TRAIN_PHOTOS:
@@ -63,8 +70,7 @@ def make_set(out: Path, per_set: int = 4, seed: int = 21) -> None:
                     Path(tmp) / f"{name}_{j}.png"
                 )
                 k += 1
-        synth.write_benchmark(out, n_per_set=per_set, size_hw=(256, 320), n_clips=0,
-                              seed=seed, source_folder=tmp, progress=False)  # fmt: skip
+        write_set(out, tmp, per_set, seed)
 
 
 def input_psnrs(pairs: list) -> dict[str, float]:
@@ -103,9 +109,7 @@ def main() -> None:
         if args.photos is None:
             make_set(args.out, per_set=args.per_set)
         else:
-            synth.write_benchmark(args.out, n_per_set=args.per_set, size_hw=(256, 320),
-                                  n_clips=0, seed=23, source_folder=args.photos,
-                                  progress=False)  # fmt: skip
+            write_set(args.out, args.photos, args.per_set, seed=23)
     pairs = find_pairs(args.out / "images", "mofme", "test")
     base = input_psnrs(pairs)
     results = {}
