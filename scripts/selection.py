@@ -19,6 +19,8 @@ replaces the bundled model only if, on the held-out benchmark (a pass / fail gat
 it keeps the issue's bars the bundled model meets (clean >= 38 dB, grid ratio <= 1.1), does less
 harm at light severity (worst light gain above the bundled -0.26 dB) and gives up at most 0.1 dB
 of the bundled mean medium gain (+1.53 dB).
+Image stage 7 (more natural training photos, ``scripts/training_photos.sh``) keeps the rule and the
+gate as they are, written here before its held-out check.
 
     python scripts/selection.py --out data/valsel_look --report docs/results/selection \
         runs/stage1/image.safetensors runs/soup_0.9/model_last.safetensors ...
