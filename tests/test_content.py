@@ -136,3 +136,49 @@ def test_training_items_keep_their_look_in_the_target_and_bench_has_none(tmp_pat
         progress=False,
     )
     assert not any("look" in r for r in bench["files"] + bench["videos"])
+
+
+@pytest.mark.parametrize("size", [(64, 64), (41, 90)])
+def test_planks_are_thin_vertical_structure(size: tuple[int, int]) -> None:
+    views = [content.planks(size, np.random.default_rng(s)) for s in range(6)]
+    again = content.planks(size, np.random.default_rng(0))
+    assert all(v.shape == (*size, 3) and v.dtype == np.float32 for v in views)
+    assert all(v.min() >= 0.0 and v.max() <= 1.0 for v in views)
+    assert np.array_equal(views[0], again) and not np.array_equal(views[0], views[1])
+    # Near-vertical strokes: the image changes more across columns than down them.
+    across = np.mean([np.abs(np.diff(v, axis=1)).mean() for v in views])
+    down = np.mean([np.abs(np.diff(v, axis=0)).mean() for v in views])
+    assert across > 1.3 * down
+
+
+def test_structure_share_draws_planks_and_zero_changes_nothing(tmp_path: Path) -> None:
+    pool = content.training_sources()
+    a, b = np.random.default_rng(4), np.random.default_rng(4)
+    assert np.array_equal(
+        content.training_view(pool, (32, 32), a), content.training_view(pool, (32, 32), b, 0.6, 0.0)
+    )
+    assert a.random() == b.random()  # no extra draw at share 0: older data sets stay bit-identical
+    rng = np.random.default_rng(9)
+    rng.random()  # the share draw
+    expected = content.planks((32, 32), rng)
+    got = content.training_view(pool, (32, 32), np.random.default_rng(9), structure_share=1.0)
+    assert np.array_equal(got, expected)
+    meta = synth.write_allweather(
+        tmp_path / "aw", 4, 0, size_hw=(32, 32), progress=False, structure_share=0.5
+    )
+    assert meta["content"]["structure_share"] == 0.5
+    plain = synth.write_allweather(tmp_path / "plain", 2, 0, size_hw=(32, 32), progress=False)
+    assert "structure_share" not in plain["content"]
+    with pytest.raises(MofmeError, match="structure share"):
+        synth.write_allweather(tmp_path / "bad", 2, 0, progress=False, structure_share=1.5)
+
+
+def test_synth_command_passes_the_structure_share(tmp_path: Path, capsys) -> None:
+    from mofme.cli import main
+
+    out = tmp_path / "aw"
+    args = ["synth", "allweather", "--out", str(out), "--train", "2", "--test", "0"]
+    assert main([*args, "--size", "32x32", "--structure-share", "0.25", "--quiet"]) == 0
+    assert json.loads((out / "meta.json").read_text())["content"]["structure_share"] == 0.25
+    assert main([*args, "--structure-share", "-1", "--overwrite", "--quiet"]) != 0
+    assert "structure share must be in [0, 1]" in capsys.readouterr().err

@@ -74,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="training weather mix as name[:weight],... e.g. rain:2,snow,raindrop (default: "
         "every single and composite type, balanced); test splits are unchanged",
     )
+    aw.add_argument(
+        "--structure-share",
+        type=float,
+        default=0.0,
+        help="share of train views showing thin near-vertical structure (plank walls, "
+        "railings, shelves) that rain models must keep (default 0)",
+    )
     _common(aw, DEFAULT_IMAGE_SIZE)
     rv = sub.add_parser(
         "rvsd",
@@ -154,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
             n_train=args.train,
             n_test=args.test,
             types=args.types,
+            structure_share=args.structure_share,
             **common,
             **_share(args),
         )

@@ -290,6 +290,65 @@ def dead_leaves(size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarra
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
+def planks(size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Thin near-vertical structure, float32 ``(H, W, 3)`` in [0, 1]: boards with dark joints
+    (a plank wall, a fence) or bars with gaps (railings, shelving, blinds), with vertical grain,
+    over a :func:`dead_leaves` scene, tilted by a few degrees, sometimes with horizontal members.
+
+    Rain streaks are thin, bright, near-vertical strokes; photos are full of structure that looks
+    like them (planks, poles, engine fins). Shown as content (identity pairs, and under weather with
+    the structure kept in the target), it teaches a streak remover to tell them apart.
+    """
+    from mofme.data.weather.common import gaussian_blur
+
+    h, w = size_hw
+    pad = max(8, round(0.25 * max(h, w)))  # room for the tilt
+    hh, ww = h + 2 * pad, w + 2 * pad
+    img = dead_leaves((hh, ww), rng)
+    # Grain: 1/f noise stretched along the boards.
+    stretch = 8
+    grain = _pink_noise(max(4, hh // stretch), ww, rng, 1.2)
+    grain = np.repeat(grain, stretch, axis=0)[:hh]
+    if grain.shape[0] < hh:
+        grain = np.pad(grain, ((0, hh - grain.shape[0]), (0, 0)), mode="edge")
+    boards = rng.random() < 0.5
+    base = _random_colour(rng)
+    x0 = rng.uniform(0, 0.5) * ww if rng.random() < 0.4 else 0.0  # sometimes only part of the view
+    x1 = ww - (rng.uniform(0, 0.5) * ww if rng.random() < 0.4 else 0.0)
+    x = x0 + rng.uniform(0, 4)
+    amp = rng.uniform(0.03, 0.15)
+    while x < x1:
+        width = rng.uniform(3, 24) if boards else rng.uniform(1, 5)
+        gap = rng.uniform(1, 3) if boards else rng.uniform(3, 30)
+        colour = np.clip(base * np.exp(rng.normal(0, 0.08, 3)), 0, 1).astype(np.float32)
+        a, b = int(x), max(int(x) + 1, int(x + width))
+        top, bottom = 0, hh
+        if not boards and rng.random() < 0.3:  # a bar that stops (a post, a fin)
+            length = rng.uniform(0.3, 1.0) * hh
+            top = int(rng.uniform(0, hh - length))
+            bottom = int(top + length)
+        img[top:bottom, a:b] = colour * (1.0 + amp * grain[top:bottom, a:b, None])
+        if boards:  # the joint: a shadow line
+            g1 = min(ww, int(x + width + gap))
+            img[:, b:g1] *= np.float32(rng.uniform(0.3, 0.7))
+        x += width + gap
+    for _ in range(int(rng.integers(0, 4)) if rng.random() < 0.5 else 0):  # shelves, rails
+        y = int(rng.uniform(0, hh))
+        t = int(rng.integers(2, 12))
+        img[y : y + t, int(x0) : int(x1)] = np.clip(base * rng.uniform(0.5, 1.3), 0, 1)
+    img = np.clip(img, 0.0, 1.0)
+    angle = float(np.clip(rng.normal(0.0, 6.0), -20.0, 20.0))
+    tilted = Image.fromarray(to_uint8(img)).rotate(angle, resample=Image.BICUBIC)
+    out = np.asarray(tilted, dtype=np.float32)[pad : pad + h, pad : pad + w] / 255.0
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    sigma = float(rng.choice([0.0, 0.0, rng.uniform(0.3, 1.0), rng.uniform(1.0, 2.0)]))
+    if sigma > 0:
+        out = gaussian_blur(np.ascontiguousarray(out), sigma)
+    out = out + rng.normal(0.0, rng.uniform(0.0, 0.008), out.shape).astype(np.float32)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # Source pools and views
 # --------------------------------------------------------------------------------------------
@@ -385,9 +444,13 @@ def training_view(
     size_hw: tuple[int, int],
     rng: np.random.Generator,
     leaves_share: float = LEAVES_SHARE,
+    structure_share: float = 0.0,
 ) -> np.ndarray:
-    """A clean training view ``(h, w, 3)`` float32: dead leaves (``leaves_share``) or a random
-    view of a pool photo."""
+    """A clean training view ``(h, w, 3)`` float32: :func:`planks` (``structure_share``), dead
+    leaves (``leaves_share`` of the rest) or a random view of a pool photo."""
+    # No draw when the share is 0, so data written without structure stays bit-identical.
+    if structure_share > 0 and rng.random() < structure_share:
+        return planks(size_hw, rng)
     if not pool or rng.random() < leaves_share:
         return dead_leaves(size_hw, rng)
     src = pool[int(rng.integers(len(pool)))]

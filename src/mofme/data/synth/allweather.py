@@ -62,6 +62,7 @@ def write_allweather(
     workers: int = 1,
     identity_share: float = IDENTITY_SHARE,
     types: str | None = None,
+    structure_share: float = 0.0,
 ) -> dict[str, Any]:
     """Write a synthetic Allweather dataset in both the MoFME and TransWeather layouts.
 
@@ -77,7 +78,9 @@ def write_allweather(
     already in a photo is content, not weather. Test splits use the same content pool.
     ``types`` (e.g. ``"rain:2,snow,raindrop"``, see :func:`parse_type_mix`) replaces the balanced
     training mix, for a specialist or a mix weighted toward the types a model is weak at; the
-    test splits do not change.
+    test splits do not change. ``structure_share`` of the training views are thin near-vertical
+    structure (:func:`~mofme.data.content.planks`: plank walls, railings, shelves), which a rain
+    model must learn to keep; 0 (the default) writes the same data as before the option existed.
 
     TransWeather layout: list files ``out/allweather.txt``, ``test1.txt``,
     ``raindroptesta.txt``, ``snowtest100k_L.txt``, ``hazetest.txt`` with one path per line
@@ -96,6 +99,8 @@ def write_allweather(
         raise MofmeError("the numbers of train and test images must not be negative")
     if not 0.0 <= identity_share <= 1.0:
         raise MofmeError(f"the identity share must be in [0, 1], got {identity_share}")
+    if not 0.0 <= structure_share <= 1.0:
+        raise MofmeError(f"the structure share must be in [0, 1], got {structure_share}")
     cycle = parse_type_mix(types)
     managed = [
         "train",
@@ -117,7 +122,10 @@ def write_allweather(
         if is_identity(seed, 0, i, identity_share):
             weather = CLEAN
         name = f"{i:05d}_{weather}.png"
-        jobs.append(ImageJob(str(out), "train", i, 0, weather, name, name, seed, size_hw))
+        jobs.append(
+            ImageJob(str(out), "train", i, 0, weather, name, name, seed, size_hw,
+                     structure_share=structure_share)
+        )  # fmt: skip
     for split in TEST_SPLITS:
         for i in range(n_test):
             if split.weather == "raindrop":
@@ -176,5 +184,7 @@ def write_allweather(
         "seconds": round(seconds, 2),
         "files": records,
     }
+    if structure_share > 0:  # recorded only when used: older meta.json files stay as they were
+        meta["content"]["structure_share"] = structure_share
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
     return meta

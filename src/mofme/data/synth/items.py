@@ -150,6 +150,7 @@ class ImageJob:
     severity: str | None = None  # None: random (training mix); else fixed (benchmark)
     jitter: bool = True  # render-scale and particle-scale jitter, random weakening of light items
     leaves_share: float = LEAVES_SHARE
+    structure_share: float = 0.0  # share of views of thin vertical structure (planks, railings)
 
 
 def image_job(job: ImageJob) -> dict[str, Any]:
@@ -162,7 +163,7 @@ def image_job(job: ImageJob) -> dict[str, Any]:
         view = _draw_view(rng)
     else:
         render_hw, view = (h, w), 1.0
-    clean = training_view(worker_sources(), render_hw, rng, job.leaves_share)
+    clean = training_view(worker_sources(), render_hw, rng, job.leaves_share, job.structure_share)
     look = item_look(job.seed, job.stream, job.index, job.jitter)
     if look is not None:
         clean = look.apply(clean)
