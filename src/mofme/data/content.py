@@ -223,7 +223,6 @@ def dead_leaves(size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarra
     a few 1/f texture fields (some shapes stay flat). Optionally a smooth sky gradient fills
     the top, then a random Gaussian defocus and faint sensor noise.
     """
-    from mofme.data.weather.common import gaussian_blur
 
     h, w = size_hw
     side = min(h, w)
@@ -282,8 +281,15 @@ def dead_leaves(size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarra
         mask = (np.arange(h)[:, None] < edge[None, :])[..., None]
         img = np.where(mask, sky, img)
 
-    img = np.clip(img, 0.0, 1.0).astype(np.float32)
-    sigma = float(rng.choice([0.0, 0.0, rng.uniform(0.3, 1.0), rng.uniform(1.0, 2.5)]))
+    return _camera(np.clip(img, 0.0, 1.0).astype(np.float32), rng, max_defocus=2.5)
+
+
+def _camera(img: np.ndarray, rng: np.random.Generator, max_defocus: float) -> np.ndarray:
+    """What a camera adds to a procedural scene ``(H, W, 3)`` float32: a random Gaussian defocus
+    (none half of the time, up to ``max_defocus``) and faint sensor noise."""
+    from mofme.data.weather.common import gaussian_blur
+
+    sigma = float(rng.choice([0.0, 0.0, rng.uniform(0.3, 1.0), rng.uniform(1.0, max_defocus)]))
     if sigma > 0:
         img = gaussian_blur(img, sigma)
     img = img + rng.normal(0.0, rng.uniform(0.0, 0.008), img.shape).astype(np.float32)
@@ -299,7 +305,6 @@ def planks(size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     like them (planks, poles, engine fins). Shown as content (identity pairs, and under weather with
     the structure kept in the target), it teaches a streak remover to tell them apart.
     """
-    from mofme.data.weather.common import gaussian_blur
 
     h, w = size_hw
     pad = max(8, round(0.25 * max(h, w)))  # room for the tilt
@@ -342,11 +347,7 @@ def planks(size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     out = np.asarray(tilted, dtype=np.float32)[pad : pad + h, pad : pad + w] / 255.0
     if rng.random() < 0.5:
         out = out[:, ::-1]
-    sigma = float(rng.choice([0.0, 0.0, rng.uniform(0.3, 1.0), rng.uniform(1.0, 2.0)]))
-    if sigma > 0:
-        out = gaussian_blur(np.ascontiguousarray(out), sigma)
-    out = out + rng.normal(0.0, rng.uniform(0.0, 0.008), out.shape).astype(np.float32)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return _camera(np.ascontiguousarray(out), rng, max_defocus=2.0)
 
 
 # --------------------------------------------------------------------------------------------
