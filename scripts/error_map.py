@@ -19,24 +19,24 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from mofme.api import Restorer
 from mofme.checkpoint import load
+from mofme.data.synth.items import psnr_u8
+from mofme.data.weather.common import gaussian_blur
 
 
 def error_stats(restored: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """``(H, W, 3)`` uint8 images -> PSNR, mean shift, coarse / fine squared error and the
     error's horizontal-to-vertical gradient ratio."""
     err = restored.astype(np.float64) - gt.astype(np.float64)
-    shifted = Image.fromarray(np.clip(err + 128.0, 0, 255).astype(np.uint8))
-    coarse = np.asarray(shifted.filter(ImageFilter.GaussianBlur(8))).astype(np.float64) - 128.0
+    coarse = gaussian_blur(err, 8.0).astype(np.float64)
     grey = err.mean(axis=2)
     gx = np.abs(np.diff(grey, axis=1)).mean()
     gy = np.abs(np.diff(grey, axis=0)).mean()
-    mse = float((err**2).mean())
     return {
-        "psnr": float(10 * np.log10(255.0**2 / max(mse, 1e-12))),
+        "psnr": psnr_u8(restored, gt),
         "mean_shift": float(err.mean()),
         "mse_coarse": float((coarse**2).mean()),
         "mse_fine": float(((err - coarse) ** 2).mean()),
