@@ -24,6 +24,12 @@ gate as they are, written here before its held-out check. Stage 7 failed the gat
 image stage 8 (``--structure-share``, aimed at the failure the held-out photos showed) keeps them
 too. Its check is the second on the same held-out photos in one session, so a pass is weaker
 evidence than the first: the note says so.
+Image stage 9 (``configs/bundled_image_stage9.yaml``: stages 5-8's recipe in one run from the
+bundled model, weather weight 3 and 0) keeps the rule and the gate, written here before its
+held-out check. Its candidates, fixed beforehand: the two runs' last checkpoints and the 0.5 / 0.5
+soups of the two runs with each other and of each with the bundled model. Only the rule's pick is
+checked on the held-out photos (once). Those photos have gated stages 5-8 before, so a pass there
+is weaker evidence than a first check: the note says so.
 
     python scripts/selection.py --out data/valsel_look --report docs/results/selection \
         runs/stage1/image.safetensors runs/soup_0.9/model_last.safetensors ...
