@@ -102,6 +102,13 @@ def score(model: torch.nn.Module, pairs: list, base: dict[str, float]) -> dict[s
             "sets": {k: round(v - base[k], 3) for k, v in res.items() if k != "clean"}}  # fmt: skip
 
 
+def pick(results: dict[str, dict], clean_bar: float = 40.0) -> str | None:
+    """The rule (stages 6-9): among the checkpoints with clean >= ``clean_bar`` dB and a mean
+    light gain >= 0, the one with the largest mean medium gain; None when none qualifies."""
+    ok = {k: r for k, r in results.items() if r["clean"] >= clean_bar and r["gain_light"] >= 0}
+    return max(ok, key=lambda k: ok[k]["gain_medium"]) if ok else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ckpts", nargs="+")
@@ -133,6 +140,11 @@ def main() -> None:
         ]
         lines.append(f"| {ckpt} | {r['clean']:.2f} | {' | '.join(cells)} |")
         print(lines[-1], flush=True)
+    chosen = pick(results)
+    lines.append(
+        f"\nthe rule's pick: {chosen or 'none (no checkpoint meets clean >= 40 dB and light >= 0)'}"
+    )
+    print(lines[-1].strip())
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.with_suffix(".json").write_text(json.dumps(results, indent=1))

@@ -1,0 +1,76 @@
+"""scripts/selection.py's rule and scripts/gate.py's release gate: what passes and what does not."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gate = _script("gate")
+selection = _script("selection")
+
+
+def _report(clean: float, grid: float, light: list[float], medium: list[float]) -> dict:
+    """A quality_study.py image part: sets with input PSNR 20 and the given gains."""
+    sets = {"clean": {"psnr": clean, "input_psnr": float("inf")}}
+    for sev, gains in (("light", light), ("medium", medium)):
+        for i, g in enumerate(gains):
+            sets[f"type{i}_{sev}"] = {"psnr": 20.0 + g, "input_psnr": 20.0}
+    return {"sets": sets, "grid_ratio": grid}
+
+
+BUNDLED = _report(40.0, 1.01, [1.0, -0.26], [1.5, 1.6])
+
+
+@pytest.mark.parametrize(
+    ("candidate", "failed"),
+    [
+        (_report(41.0, 1.0, [0.5, -0.1], [1.5, 1.5]), []),
+        (_report(37.9, 1.0, [0.5, -0.1], [1.5, 1.5]), [0]),  # harms clean photos
+        (_report(41.0, 1.2, [0.5, -0.1], [1.5, 1.5]), [1]),  # token grid
+        (_report(41.0, 1.0, [2.0, -0.26], [1.5, 1.5]), [2]),  # worst light no better
+        (_report(41.0, 1.0, [0.5, -0.1], [1.4, 1.4]), [3]),  # gives up 0.15 dB at medium
+    ],
+)
+def test_gate_fails_exactly_the_broken_criteria(candidate, failed):
+    checks = gate.gate(gate.summary(candidate), gate.summary(BUNDLED))
+    assert [i for i, (_, ok) in enumerate(checks) if not ok] == failed
+
+
+def test_gate_command_exit_status(tmp_path):
+    paths = []
+    for name, image in (("cand", _report(41.0, 1.0, [0.5, -0.1], [1.5, 1.5])), ("base", BUNDLED)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"image": image}))
+    ok = subprocess.run(
+        [sys.executable, SCRIPTS / "gate.py", *paths], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and ok.stdout.count("pass") == 4
+    bad = subprocess.run([sys.executable, SCRIPTS / "gate.py", paths[1], paths[1]],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 1 and "FAIL  worst light" in bad.stdout
+
+
+def test_selection_rule_picks_the_best_medium_gain_among_the_harmless():
+    results = {
+        "strong": {"clean": 38.5, "gain_light": 0.9, "gain_medium": 2.5},  # clean below 40
+        "harmful_light": {"clean": 42.0, "gain_light": -0.1, "gain_medium": 2.0},
+        "a": {"clean": 41.0, "gain_light": 0.2, "gain_medium": 1.2},
+        "b": {"clean": 40.0, "gain_light": 0.0, "gain_medium": 1.4},
+    }
+    assert selection.pick(results) == "b"
+    assert selection.pick({"strong": results["strong"]}) is None
