@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -74,3 +75,21 @@ def test_selection_rule_picks_the_best_medium_gain_among_the_harmless():
     }
     assert selection.pick(results) == "b"
     assert selection.pick({"strong": results["strong"]}) is None
+
+
+guard_script = _script("lowfreq_guard")
+
+
+def test_lowfreq_guard_removes_a_faint_shift_and_keeps_a_strong_one():
+    rng = np.random.default_rng(0)
+    x = rng.integers(40, 200, (48, 64, 3)).astype(np.uint8)
+    faint = (x.astype(np.int16) - 3).astype(np.uint8)  # a faint global darkening
+    assert np.array_equal(guard_script.guard(x, faint, "dc", 4.0), x)
+    assert np.array_equal(guard_script.guard(x, faint, "dc", 0.0), faint)
+    strong = (x.astype(np.int16) - 20).astype(np.uint8)  # real dehazing: kept, less t
+    out = guard_script.guard(x, strong, 32.0, 4.0).astype(np.int16)
+    assert np.abs(out - (x.astype(np.int16) - 16)).max() <= 1
+    spot = x.copy()
+    spot[10:13, 20:23] = 255  # a small, local change (a removed flake) passes unchanged
+    out = guard_script.guard(x, spot, 32.0, 4.0).astype(np.int16)
+    assert np.abs(out - spot.astype(np.int16)).max() <= 2
