@@ -133,8 +133,22 @@ PEAK_MIN_N = 2048
 
 
 def _matmul_size(dtype: torch.dtype, device: torch.device, min_s: float) -> tuple[int, float]:
-    """Side ``n`` (>= PEAK_MIN_N) of a square product taking >= ``min_s``, and its seconds."""
+    """Side ``n`` of a square product taking >= ``min_s`` (from PEAK_MIN_N), and its seconds.
+
+    A dtype this device only emulates (bf16 on a CPU without native bf16: ~1 GFLOP/s, a 2048
+    product ~17 s) is measured on the largest smaller side whose product takes about ``min_s``,
+    estimated from a 256 product, so a benchmark does not spend minutes on it."""
     n = PEAK_MIN_N
+    probe = 256
+    a = torch.randn(probe, probe, device=device).to(dtype)
+    a @ a
+    synchronize(device)
+    start = time.perf_counter()
+    a @ a
+    synchronize(device)
+    per_flop = (time.perf_counter() - start) / (2 * probe**3)
+    while n > probe and per_flop * 2 * n**3 > 20 * max(min_s, 0.05):
+        n //= 2
     while True:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
