@@ -136,8 +136,9 @@ def _matmul_size(dtype: torch.dtype, device: torch.device, min_s: float) -> tupl
     """Side ``n`` of a square product taking >= ``min_s`` (from PEAK_MIN_N), and its seconds.
 
     A dtype this device only emulates (bf16 on a CPU without native bf16: ~1 GFLOP/s, a 2048
-    product ~17 s) is measured on the largest smaller side whose product takes about ``min_s``,
-    estimated from a 256 product, so a benchmark does not spend minutes on it."""
+    product ~17 s) is measured on the largest smaller side whose product is estimated, from a 256
+    product, to take at most 20 x ``min_s`` (1 s at the default), so a benchmark does not spend
+    minutes on it."""
     n = PEAK_MIN_N
     probe = 256
     a = torch.randn(probe, probe, device=device).to(dtype)
