@@ -138,10 +138,9 @@ def _golden() -> dict:
 def _check(kind: str, got: dict, capsys: pytest.CaptureFixture[str]) -> None:
     golden = _golden()
     want = golden["runs"][kind]
-    same_platform = (golden["torch"], golden["machine"], golden.get("cpu")) == (
+    same_platform = (golden["torch"], golden["machine"]) == (
         torch.__version__,
         platform.machine(),
-        torch.backends.cpu.get_cpu_capability(),  # AVX2 and AVX-512 kernels round apart
     )
     assert [r["step"] for r in got["log"]] == [r["step"] for r in want["log"]]
     if same_platform:
@@ -153,11 +152,11 @@ def _check(kind: str, got: dict, capsys: pytest.CaptureFixture[str]) -> None:
         print(
             f"\nguard ({kind}): golden from torch {golden['torch']} on {golden['machine']}, "
             f"this is torch {torch.__version__} on {platform.machine()}: comparing the logged "
-            "losses with rel tol 1e-4, not the weight hashes"
+            "losses with rel tol 1e-5, not the weight hashes"
         )
     for g, w in zip(got["log"], want["log"]):
         for k in LOGGED:
-            assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-6), (g["step"], k)
+            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["step"], k)
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])
@@ -167,11 +166,7 @@ def test_training_matches_golden(
     got = _run(kind, roots[kind], tmp_path / "run")
     if WRITE:
         data = _golden() if GOLDEN.is_file() else {"runs": {}}
-        data |= {
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "cpu": torch.backends.cpu.get_cpu_capability(),
-        }
+        data |= {"torch": torch.__version__, "machine": platform.machine()}
         data["runs"][kind] = got
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
