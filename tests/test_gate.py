@@ -77,6 +77,22 @@ def test_selection_rule_picks_the_best_medium_gain_among_the_harmless():
     assert selection.pick({"strong": results["strong"]}) is None
 
 
+def test_selection_rule_with_a_reference_keeps_every_medium_set():
+    def r(clean: float, medium: float, haze: float) -> dict:
+        sets = {"haze_medium": haze, "rain_medium": medium, "haze_heavy": -5.0}
+        return {"clean": clean, "gain_light": 0.1, "gain_medium": medium, "sets": sets}
+
+    results = {
+        "bundled": r(37.0, 1.0, 4.0),  # the reference itself fails the clean bar
+        "gave_up_haze": r(44.0, 1.5, 2.9),  # best mean, haze 1.1 dB below the reference
+        "kept_haze": r(42.0, 1.2, 3.0),  # exactly at the 1 dB slack
+    }
+    assert selection.pick(results) == "gave_up_haze"
+    assert selection.pick(results, reference="bundled") == "kept_haze"
+    results["kept_haze"]["sets"]["haze_medium"] = 2.99
+    assert selection.pick(results, reference="bundled") is None
+
+
 guard_script = _script("lowfreq_guard")
 
 
