@@ -90,13 +90,26 @@ def test_image_checkpoint_starts_video_model_exactly() -> None:
             assert torch.equal(video(torch.cat([x, torch.zeros_like(x)], 1)), image(x))
 
 
+def _without_head_skip(tmp_path: Path) -> Path:
+    """The bundled image model's weights without its head skip (it has one since stage 10)."""
+    bundled = checkpoint.load(bundled_path("image"))
+    assert bundled.cfg.head_skip
+    image = MoFMENet(dataclasses.replace(bundled.cfg, head_skip=False)).eval()
+    image.load_state_dict(
+        {k: v for k, v in bundled.state_dict().items() if not k.startswith("skip.")}
+    )
+    path = tmp_path / "plain.safetensors"
+    checkpoint.save(image, path)
+    return path
+
+
 def test_checkpoint_without_head_skip_starts_a_model_with_it_exactly(tmp_path: Path) -> None:
-    image = checkpoint.load(bundled_path("image"))
-    assert not image.cfg.head_skip
+    plain = _without_head_skip(tmp_path)
+    image = checkpoint.load(plain)
     skip = MoFMENet(dataclasses.replace(image.cfg, head_skip=True)).eval()
     with torch.no_grad():
         skip.skip.weight.fill_(1.0)  # init must set the new path to zero, whatever it held
-    report = init_from_checkpoint(skip, "image")
+    report = init_from_checkpoint(skip, str(plain))
     assert report.added == ["skip.weight", "skip.bias"] and not report.kept
     assert not report.config_diff and "head skip added at zero" in report.summary()
     x = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(1))
@@ -272,14 +285,15 @@ def test_cli_init_flag(pairs_root: Path, tmp_path: Path) -> None:
 def test_trainer_adds_head_skip_and_takes_the_loss_options(
     pairs_root: Path, tmp_path: Path
 ) -> None:
-    """``model: {preset: init, head_skip: true}`` continues the bundled model exactly, with the
+    """``model: {preset: init, head_skip: true}`` continues a model without it exactly, with the
     configured loss options."""
+    plain = _without_head_skip(tmp_path)
     cfg = _cfg(
         pairs_root,
         tmp_path / "run",
         {"preset": "init", "head_skip": True},
         {
-            "init": "image",
+            "init": str(plain),
             "smooth_l1_beta": 0.01,
             "weather_weight": 2.0,
             "steps": 2,
@@ -290,7 +304,7 @@ def test_trainer_adds_head_skip_and_takes_the_loss_options(
     assert trainer.criterion.smooth_l1_beta == 0.01 and trainer.criterion.weather_weight == 2.0
     assert trainer.criterion.weather_mask == "local"
     assert trainer.init_report.added == ["skip.weight", "skip.bias"]
-    image = checkpoint.load(bundled_path("image"))
+    image = checkpoint.load(plain)
     x = torch.rand(1, 3, 24, 24)
     with torch.no_grad():
         assert torch.equal(trainer.raw_model.eval()(x), image(x))
