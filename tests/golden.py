@@ -14,6 +14,8 @@ recorded on this platform; the guards then fall back to their cross-platform tol
 from __future__ import annotations
 
 import platform
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,9 +50,6 @@ def exact_entry(golden: dict[str, Any]) -> dict[str, Any] | None:
 
 def recorded_commit() -> str:
     """The checked-out commit (``-dirty`` with local changes), kept with an added platform entry."""
-    import subprocess
-    from pathlib import Path
-
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=12"],
