@@ -426,13 +426,13 @@ def test_animated_gif_restore_says_only_the_first_frame(tmp_path, ckpt, capsys):
 SIGTERM_SCRIPT = """
 import os, signal, sys
 from PIL import Image
-from mofme.cli import main
+from mofme.cli import entry  # what the `mofme` console script runs
 real_save = Image.Image.save
 def save(self, fp, *args, **kwargs):
     real_save(self, fp, *args, **kwargs)  # the temp file exists now
     os.kill(os.getpid(), signal.SIGTERM)
 Image.Image.save = save
-sys.exit(main(sys.argv[1:]))
+entry()
 """
 
 
