@@ -132,6 +132,19 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
 PEAK_MIN_N = 2048
 
 
+def _product_seconds(n: int, dtype: torch.dtype, device: torch.device) -> float:
+    """Seconds of one ``(n, n) @ (n, n)`` product, timed after a first call (kernel selection,
+    page faults)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    a @ b
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def _matmul_size(dtype: torch.dtype, device: torch.device, min_s: float) -> tuple[int, float]:
     """Side ``n`` of a square product taking >= ``min_s`` (from PEAK_MIN_N), and its seconds.
 
@@ -141,24 +154,11 @@ def _matmul_size(dtype: torch.dtype, device: torch.device, min_s: float) -> tupl
     minutes on it."""
     n = PEAK_MIN_N
     probe = 256
-    a = torch.randn(probe, probe, device=device).to(dtype)
-    a @ a
-    synchronize(device)
-    start = time.perf_counter()
-    a @ a
-    synchronize(device)
-    per_flop = (time.perf_counter() - start) / (2 * probe**3)
+    per_flop = _product_seconds(probe, dtype, device) / (2 * probe**3)
     while n > probe and per_flop * 2 * n**3 > 20 * max(min_s, 0.05):
         n //= 2
     while True:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        a @ b  # first call: kernel selection, page faults
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        elapsed = time.perf_counter() - start
+        elapsed = _product_seconds(n, dtype, device)
         if elapsed >= min_s or n >= 8192:
             return n, elapsed
         n *= 2
