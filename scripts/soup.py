@@ -3,7 +3,10 @@
 Two stages of the same model trained on different data can be averaged tensor by tensor; the
 soup often keeps most of what each learnt (Wortsman et al., "Model soups", 2022). The first
 checkpoint's metadata is kept, and the recipe is recorded in it (``extra["soup"]``). A checkpoint
-without the head skip mixes with a first one that has it as its zero skip (the same function).
+without the head skip mixes with a first one that has it as its zero skip (the same function), and a
+shallower one with a deeper first one as if deepened (``train.init``): its missing blocks are the
+first's, with their output projections at zero (identity blocks), so the soup scales what the
+extra blocks add by the first's weight.
 
     python scripts/soup.py runs/image_stage3/model_last.safetensors:0.75 \
         runs/stage1/image.safetensors:0.25 --out runs/soup/model_last.safetensors
@@ -18,7 +21,7 @@ import torch
 
 from mofme.checkpoint import load, save
 from mofme.errors import MofmeError
-from mofme.finetune import SKIP_PREFIX
+from mofme.finetune import FREE_FIELDS, SKIP_PREFIX
 
 
 def soup(parts: list[tuple[str, float]]) -> torch.nn.Module:
@@ -33,8 +36,17 @@ def soup(parts: list[tuple[str, float]]) -> torch.nn.Module:
         for state in states[1:]:
             for key in [k for k in states[0] if k.startswith(SKIP_PREFIX) and k not in state]:
                 state[key] = torch.zeros_like(states[0][key])
-    if any(s.keys() != states[0].keys() for s in states[1:]):
-        raise MofmeError("soup: the checkpoints have different architectures")
+    for m, state in zip(models[1:], states[1:]):
+        if m.cfg.depth < first.cfg.depth:
+            _deepen(first, state, m.cfg.depth)
+    free = FREE_FIELDS | {"depth", "head_skip"}  # the two handled above
+    ours = {k: v for k, v in first.cfg.to_dict().items() if k not in free}
+    for (path, _), m, state in zip(parts[1:], models[1:], states[1:]):
+        theirs = {k: v for k, v in m.cfg.to_dict().items() if k not in free}
+        diff = [f"{k}={theirs[k]} (first has {ours[k]})" for k in ours if ours[k] != theirs[k]]
+        if diff or state.keys() != states[0].keys() or m.cfg.depth > first.cfg.depth:
+            what = ", ".join(diff) or "other tensors (list the deeper checkpoint first)"
+            raise MofmeError(f"soup: {path} has a different architecture: {what}")
     mixed = {}
     for key, value in states[0].items():
         if value.is_floating_point():
@@ -47,6 +59,18 @@ def soup(parts: list[tuple[str, float]]) -> torch.nn.Module:
     first.extra = {**dict(getattr(first, "extra", {})),
                    "soup": [{"ckpt": str(p), "weight": w} for p, w in parts]}  # fmt: skip
     return first
+
+
+def _deepen(first: torch.nn.Module, state: dict[str, torch.Tensor], depth: int) -> None:
+    """Fill ``state`` (of a ``depth``-block model) with ``first``'s extra blocks as identities."""
+    for i, blk in enumerate(first.blocks):
+        if i < depth:
+            continue
+        last_ffn = [m for m in blk.fme.ffn if isinstance(m, torch.nn.Linear)][-1]
+        zero = {id(t) for lin in (blk.attn.out, last_ffn) for t in (lin.weight, lin.bias)}
+        for name, t in blk.state_dict(keep_vars=True).items():
+            key = f"blocks.{i}.{name}"
+            state.setdefault(key, torch.zeros_like(t) if id(t) in zero else t.detach().clone())
 
 
 def main() -> None:

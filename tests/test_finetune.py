@@ -122,6 +122,30 @@ def test_checkpoint_without_head_skip_starts_a_model_with_it_exactly(tmp_path: P
         init_from_checkpoint(MoFMENet(image.cfg), str(ckpt))
 
 
+@pytest.mark.parametrize("depth", [3, 4])
+def test_checkpoint_starts_a_deeper_model_exactly(tmp_path: Path, depth: int) -> None:
+    image = checkpoint.load(bundled_path("image")).eval()
+    deep = MoFMENet(dataclasses.replace(image.cfg, depth=depth)).eval()
+    report = init_from_checkpoint(deep, "image")
+    n_new = sum(1 for k in deep.state_dict() if k.startswith(("blocks.2.", "blocks.3.")))
+    assert len(report.deepened) == n_new > 0 and not report.kept and not report.config_diff
+    assert "added as the identity" in report.summary()
+    for size in ((40, 56), (33, 47)):
+        x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            assert torch.equal(deep(x), image(x))
+    # The new blocks are not frozen at zero: one step moves their output projections.
+    deep.train()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    (deep(x) - x.flip(-1)).abs().mean().backward()
+    assert deep.blocks[-1].attn.out.weight.grad.abs().sum() > 0
+    # Shallower than the checkpoint drops learned blocks: refused unless told.
+    ckpt = tmp_path / "deep.safetensors"
+    checkpoint.save(deep, ckpt)
+    with pytest.raises(MofmeError, match=rf"depth={depth} \(run has 2\)"):
+        init_from_checkpoint(MoFMENet(image.cfg), str(ckpt))
+
+
 def test_trainer_init_video_from_image(video_root: Path, tmp_path: Path) -> None:
     """``model.preset: init`` takes the checkpoint's architecture; the first step starts from
     the image model exactly, and the saved model card records the init."""

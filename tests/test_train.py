@@ -533,7 +533,13 @@ def test_cli_train_then_resume(
     assert "bogus" in capsys.readouterr().err
 
 
-def test_sigterm_saves_checkpoint(image_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("workers", "target"), [(0, "process"), (1, "group"), (1, "worker")])
+def test_sigterm_saves_checkpoint(
+    image_root: Path, tmp_path: Path, workers: int, target: str
+) -> None:
+    """SIGTERM to the trainer, to its whole process group (``kill -TERM -PGID``, a batch
+    scheduler, ``timeout`` in a shell) or to a loader worker alone: the trainer finishes its
+    step and saves; a worker never dies of it (a dead worker made the next fetch raise)."""
     path = _write_cli_config(image_root, tmp_path, steps=100000)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -546,11 +552,14 @@ def test_sigterm_saves_checkpoint(image_root: Path, tmp_path: Path) -> None:
             "--no-progress",
             "--set",
             "train.ckpt_every=0",
+            "--set",
+            f"data.workers={workers}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,
     )
     log = tmp_path / "run" / "log.jsonl"
     deadline = time.time() + 60
@@ -558,7 +567,18 @@ def test_sigterm_saves_checkpoint(image_root: Path, tmp_path: Path) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline, "training did not start"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    if target == "group":
+        os.killpg(proc.pid, signal.SIGTERM)
+    elif target == "worker":
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert children, "no loader worker"
+        for child in children:
+            os.kill(int(child), signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None, proc.communicate()  # still training
+        proc.send_signal(signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "interrupted (SIGTERM)" in err and "--resume" in err

@@ -72,6 +72,7 @@ class InitReport:
     extended: list[str] = field(default_factory=list)  # first conv: 3 -> 6 input channels
     kept: list[str] = field(default_factory=list)  # non-strict: model tensors left as built
     added: list[str] = field(default_factory=list)  # head skip new to the network: zero
+    deepened: list[str] = field(default_factory=list)  # extra blocks, starting as identity
     ignored: list[str] = field(default_factory=list)  # non-strict: file tensors not used
     config_diff: list[str] = field(default_factory=list)  # non-strict: differing fields
 
@@ -84,6 +85,9 @@ class InitReport:
             )
         if self.added:
             parts.append(f"head skip added at zero ({', '.join(self.added)})")
+        if self.deepened:
+            blocks = sorted({k.split(".")[1] for k in self.deepened}, key=int)
+            parts.append(f"block(s) {', '.join(blocks)} added as the identity")
         if self.kept:
             parts.append(f"{len(self.kept)} kept as initialised (e.g. {self.kept[0]})")
         if self.ignored:
@@ -99,6 +103,7 @@ class InitReport:
             "loaded": len(self.loaded),
             "extended": self.extended,
             "added": self.added,
+            "deepened": self.deepened,
             "kept": self.kept,
             "ignored": self.ignored,
             "config_diff": self.config_diff,
@@ -115,6 +120,8 @@ def init_from_checkpoint(model: MoFMENet, init: str, strict: bool = True) -> Ini
     # A head skip added to a model without one starts at zero (the same function), so the
     # checkpoint continues as it was and training learns what the new path adds.
     add_skip = bool(ours["head_skip"]) and not theirs["head_skip"]
+    # Extra transformer blocks start as the identity (see the module docstring).
+    deepen = int(ours["depth"]) > int(theirs["depth"])
     diff = [
         f"{k}={theirs[k]} (run has {ours[k]})"
         for k in sorted(ours)
@@ -122,6 +129,7 @@ def init_from_checkpoint(model: MoFMENet, init: str, strict: bool = True) -> Ini
         and ours[k] != theirs[k]
         and not (k == "in_channels" and extend)
         and not (k == "head_skip" and add_skip)
+        and not (k == "depth" and deepen)
     ]
     if diff and strict:
         raise MofmeError(
@@ -154,6 +162,9 @@ def init_from_checkpoint(model: MoFMENet, init: str, strict: bool = True) -> Ini
         elif t is None and add_skip and key.startswith(SKIP_PREFIX):
             merged[key] = torch.zeros_like(own)
             report.added.append(key)
+        elif t is None and deepen and _new_block(key, int(theirs["depth"])):
+            merged[key] = own  # zeroed below, after loading
+            report.deepened.append(key)
         else:
             merged[key] = own
             report.kept.append(key)
@@ -171,7 +182,20 @@ def init_from_checkpoint(model: MoFMENet, init: str, strict: bool = True) -> Ini
             "train.init_strict: false to load only the tensors that fit"
         )
     model.load_state_dict(merged, strict=True)
+    if deepen:
+        with torch.no_grad():
+            for blk in model.blocks[int(theirs["depth"]) :]:
+                last_ffn = [m for m in blk.fme.ffn if isinstance(m, torch.nn.Linear)][-1]
+                for lin in (blk.attn.out, last_ffn):
+                    lin.weight.zero_()
+                    lin.bias.zero_()
     return report
+
+
+def _new_block(key: str, old_depth: int) -> bool:
+    """Is ``key`` a tensor of a transformer block at index ``old_depth`` or later?"""
+    parts = key.split(".")
+    return len(parts) > 2 and parts[0] == "blocks" and int(parts[1]) >= old_depth
 
 
 def check_parts(names: list[str], where: str) -> None:

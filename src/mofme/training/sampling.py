@@ -53,10 +53,14 @@ class EpochSeeded(Dataset):
         return self.dataset.item(index, generator)
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C to the training process, which finishes its step and saves
-    (a worker that died of SIGINT would make the next batch fetch fail instead)."""
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C and SIGTERM to the training process, which finishes its step
+    and saves (a worker that died of one would make the next batch fetch fail instead). Both
+    reach the workers too when sent to the process group: Ctrl-C in a terminal, ``kill -TERM
+    -PGID``, a batch scheduler. The workers still end with the trainer: the loader shuts them
+    down, and each exits by itself when its parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -126,7 +130,7 @@ class DataStream:
                 num_workers=workers,
                 pin_memory=pin_memory,
                 persistent_workers=workers > 0,
-                worker_init_fn=_ignore_sigint,
+                worker_init_fn=_ignore_stop_signals,
                 # Own generator: creating an iterator must not consume the global RNG (resume).
                 generator=torch.Generator(),
             )
