@@ -42,6 +42,14 @@ dusk, a cheetah cub on white). Candidates, fixed beforehand: the bundled model, 
 weight-3 run, the two stage-10 runs' last checkpoints, the 0.5 / 0.5 soup of the two stage-10 runs
 and of each with the bundled model. Only the rule's pick is checked on the held-out photos
 (once); they have gated stages 5-9, so a pass there is weaker evidence than a first check.
+Image stage 11 (``configs/bundled_image_stage11.yaml``: the bundled stage-10 soup continued on
+new data with more lens drops and snow, at depth 2 and at depth 4 with two blocks added as the
+identity), written here before anything is scored: rule, ``--reference`` (the bundled stage-10
+soup) and pool (the fourth) unchanged. Candidates, fixed beforehand: the bundled model, the two
+runs' last checkpoints, and the 0.5 / 0.5 soup of each run with the bundled model (the depth-4
+soup takes the bundled model as its identity-deepened self). Only the rule's pick is checked on
+the held-out photos (once, the seventh check of those photos), with the same gate against the
+bundled model; if the pick is the bundled model, nothing is checked and nothing changes.
 
     python scripts/selection.py --out data/valsel_look --report docs/results/selection \
         runs/stage1/image.safetensors runs/soup_0.9/model_last.safetensors ...
