@@ -55,11 +55,16 @@ bundled model; if the pick is the bundled model, nothing is checked and nothing 
         runs/stage1/image.safetensors runs/soup_0.9/model_last.safetensors ...
     bash scripts/selection_photos.sh data/photos_select
     python scripts/selection.py --photos data/photos_select --out data/valsel_third ...
+
+With ``--report``, a checkpoint already in REPORT.json is not scored again when its file
+(SHA-256) and the pool (its pairs' names and input PSNRs) are unchanged: a stopped selection
+continues, and candidates that finish training at different times are scored as they come.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -122,6 +127,23 @@ def score(model: torch.nn.Module, pairs: list, base: dict[str, float]) -> dict[s
             "sets": {k: round(v - base[k], 3) for k, v in res.items() if k != "clean"}}  # fmt: skip
 
 
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def pool_digest(base: dict[str, float]) -> str:
+    """Names the pool by its sets' input PSNRs (any other pool or draw gives other numbers)."""
+    return hashlib.sha256(json.dumps(sorted(base.items())).encode()).hexdigest()[:16]
+
+
+def reusable(previous: dict[str, dict], ckpt: str, digest: str, pool: str) -> dict | None:
+    """The earlier score of ``ckpt`` if it was made from the same file on the same pool."""
+    r = previous.get(ckpt)
+    if r is not None and r.get("sha256") == digest and r.get("pool") == pool:
+        return r
+    return None
+
+
 SET_SLACK = 1.0
 """dB of one set's medium gain a pick may give up against the reference (stage 10 on)."""
 
@@ -173,8 +195,20 @@ def main() -> None:
     results = {}
     lines = ["| checkpoint | clean PSNR | gain light (worst) | gain medium (worst) | "
              "gain heavy (worst) |", "|---|---|---|---|---|"]  # fmt: skip
+    previous: dict[str, dict] = {}
+    if args.report is not None and args.report.with_suffix(".json").is_file():
+        previous = json.loads(args.report.with_suffix(".json").read_text())
+    pool = pool_digest(base)
     for ckpt in args.ckpts:
-        r = results[ckpt] = score(load(ckpt), pairs, base)
+        digest = file_digest(ckpt)
+        r = reusable(previous, ckpt, digest, pool)
+        if r is None:
+            r = {**score(load(ckpt), pairs, base), "sha256": digest, "pool": pool}
+        results[ckpt] = r
+        if args.report is not None:  # after every checkpoint: a stopped run keeps its scores
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            keep = {**previous, **results}
+            args.report.with_suffix(".json").write_text(json.dumps(keep, indent=1))
         cells = [
             f"{r[f'gain_{s}']:+.2f} ({r[f'worst_{s}']:+.2f})" for s in ("light", "medium", "heavy")
         ]

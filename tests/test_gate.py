@@ -93,6 +93,22 @@ def test_selection_rule_with_a_reference_keeps_every_medium_set():
     assert selection.pick(results, reference="bundled") is None
 
 
+def test_selection_reuses_a_score_only_for_the_same_file_and_pool(tmp_path: Path):
+    ckpt = tmp_path / "a.safetensors"
+    ckpt.write_bytes(b"weights")
+    base = {"rain_medium": 20.0, "clean": float("inf")}
+    pool, digest = selection.pool_digest(base), selection.file_digest(ckpt)
+    previous = {str(ckpt): {"clean": 41.0, "sha256": digest, "pool": pool}}
+    assert selection.reusable(previous, str(ckpt), digest, pool)["clean"] == 41.0
+    ckpt.write_bytes(b"retrained")  # same path, other weights: scored again
+    assert selection.reusable(previous, str(ckpt), selection.file_digest(ckpt), pool) is None
+    other_pool = selection.pool_digest({**base, "rain_medium": 20.5})
+    assert other_pool != pool
+    assert selection.reusable(previous, str(ckpt), digest, other_pool) is None
+    assert selection.reusable(previous, "b.safetensors", digest, pool) is None
+    assert selection.reusable({str(ckpt): {"clean": 41.0}}, str(ckpt), digest, pool) is None
+
+
 guard_script = _script("lowfreq_guard")
 
 
