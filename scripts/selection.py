@@ -50,6 +50,9 @@ runs' last checkpoints, and the 0.5 / 0.5 soup of each run with the bundled mode
 soup takes the bundled model as its identity-deepened self). Only the rule's pick is checked on
 the held-out photos (once, the seventh check of those photos), with the same gate against the
 bundled model; if the pick is the bundled model, nothing is checked and nothing changes.
+The pick (the depth-2 soup) passed the gate on whole images, but its card then chose 256-pixel
+tiles (whole images were 0.07 dB below the official crops), and on that path it failed the
+medium line (+1.27 dB): not shipped. From stage 12 on, the gate is run on the bundled file.
 
     python scripts/selection.py --out data/valsel_look --report docs/results/selection \
         runs/stage1/image.safetensors runs/soup_0.9/model_last.safetensors ...
