@@ -21,7 +21,7 @@ import torch
 
 from mofme.checkpoint import load, save
 from mofme.errors import MofmeError
-from mofme.finetune import FREE_FIELDS, SKIP_PREFIX
+from mofme.finetune import FREE_FIELDS, SKIP_PREFIX, block_outputs
 
 
 def soup(parts: list[tuple[str, float]]) -> torch.nn.Module:
@@ -44,7 +44,7 @@ def soup(parts: list[tuple[str, float]]) -> torch.nn.Module:
     for (path, _), m, state in zip(parts[1:], models[1:], states[1:]):
         theirs = {k: v for k, v in m.cfg.to_dict().items() if k not in free}
         diff = [f"{k}={theirs[k]} (first has {ours[k]})" for k in ours if ours[k] != theirs[k]]
-        if diff or state.keys() != states[0].keys() or m.cfg.depth > first.cfg.depth:
+        if diff or state.keys() != states[0].keys():  # a deeper one has extra block keys
             what = ", ".join(diff) or "other tensors (list the deeper checkpoint first)"
             raise MofmeError(f"soup: {path} has a different architecture: {what}")
     mixed = {}
@@ -63,11 +63,9 @@ def soup(parts: list[tuple[str, float]]) -> torch.nn.Module:
 
 def _deepen(first: torch.nn.Module, state: dict[str, torch.Tensor], depth: int) -> None:
     """Fill ``state`` (of a ``depth``-block model) with ``first``'s extra blocks as identities."""
-    for i, blk in enumerate(first.blocks):
-        if i < depth:
-            continue
-        last_ffn = [m for m in blk.fme.ffn if isinstance(m, torch.nn.Linear)][-1]
-        zero = {id(t) for lin in (blk.attn.out, last_ffn) for t in (lin.weight, lin.bias)}
+    for i in range(depth, len(first.blocks)):
+        blk = first.blocks[i]
+        zero = {id(t) for lin in block_outputs(blk) for t in (lin.weight, lin.bias)}
         for name, t in blk.state_dict(keep_vars=True).items():
             key = f"blocks.{i}.{name}"
             state.setdefault(key, torch.zeros_like(t) if id(t) in zero else t.detach().clone())

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "error_map", Path(__file__).resolve().parents[1] / "scripts" / "error_map.py"
-)
-error_map = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(error_map)
+from tiny import load_script
+
+error_map = load_script("error_map")
 
 
 @pytest.fixture

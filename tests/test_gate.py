@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,18 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from tiny import SCRIPTS, load_script
 
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gate = _script("gate")
-selection = _script("selection")
+gate = load_script("gate")
+selection = load_script("selection")
 
 
 def _report(clean: float, grid: float, light: list[float], medium: list[float]) -> dict:
@@ -109,7 +100,7 @@ def test_selection_reuses_a_score_only_for_the_same_file_and_pool(tmp_path: Path
     assert selection.reusable({str(ckpt): {"clean": 41.0}}, str(ckpt), digest, pool) is None
 
 
-guard_script = _script("lowfreq_guard")
+guard_script = load_script("lowfreq_guard")
 
 
 def test_lowfreq_guard_removes_a_faint_shift_and_keeps_a_strong_one():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,9 @@ from mofme import checkpoint
 from mofme.errors import MofmeError
 from mofme.finetune import init_from_checkpoint
 from mofme.model.net import MoFMENet
+from tiny import load_script
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-_spec = importlib.util.spec_from_file_location("soup", SCRIPTS / "soup.py")
-soup_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(soup_script)
+soup_script = load_script("soup")
 
 
 def _tiny(tmp_path: Path, name: str, seed: int, **over: object) -> tuple[Path, MoFMENet]:

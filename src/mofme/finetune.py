@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mofme import checkpoint
 from mofme.errors import MofmeError
 from mofme.model.analysis import PARTS, _part_of
 from mofme.model.config import ModelConfig
-from mofme.model.net import MoFMENet
+from mofme.model.net import Block, MoFMENet
 
 # Config fields that may differ between the checkpoint and the run in strict mode: they do not
 # change which weights exist or what they compute (routing and dropout are run-time choices;
@@ -121,7 +122,8 @@ def init_from_checkpoint(model: MoFMENet, init: str, strict: bool = True) -> Ini
     # checkpoint continues as it was and training learns what the new path adds.
     add_skip = bool(ours["head_skip"]) and not theirs["head_skip"]
     # Extra transformer blocks start as the identity (see the module docstring).
-    deepen = int(ours["depth"]) > int(theirs["depth"])
+    old_depth = int(theirs["depth"])
+    deepen = int(ours["depth"]) > old_depth
     diff = [
         f"{k}={theirs[k]} (run has {ours[k]})"
         for k in sorted(ours)
@@ -162,7 +164,7 @@ def init_from_checkpoint(model: MoFMENet, init: str, strict: bool = True) -> Ini
         elif t is None and add_skip and key.startswith(SKIP_PREFIX):
             merged[key] = torch.zeros_like(own)
             report.added.append(key)
-        elif t is None and deepen and _new_block(key, int(theirs["depth"])):
+        elif t is None and deepen and _new_block(key, old_depth):
             merged[key] = own  # zeroed below, after loading
             report.deepened.append(key)
         else:
@@ -184,12 +186,17 @@ def init_from_checkpoint(model: MoFMENet, init: str, strict: bool = True) -> Ini
     model.load_state_dict(merged, strict=True)
     if deepen:
         with torch.no_grad():
-            for blk in model.blocks[int(theirs["depth"]) :]:
-                last_ffn = [m for m in blk.fme.ffn if isinstance(m, torch.nn.Linear)][-1]
-                for lin in (blk.attn.out, last_ffn):
+            for blk in model.blocks[old_depth:]:
+                for lin in block_outputs(blk):
                     lin.weight.zero_()
                     lin.bias.zero_()
     return report
+
+
+def block_outputs(blk: Block) -> tuple[nn.Linear, nn.Linear]:
+    """A transformer block's two output projections (attention, FME adaptor): at zero, the
+    block is the identity (both branches are added to the residual stream)."""
+    return blk.attn.out, [m for m in blk.fme.ffn if isinstance(m, nn.Linear)][-1]
 
 
 def _new_block(key: str, old_depth: int) -> bool:
