@@ -182,3 +182,49 @@ def test_synth_command_passes_the_structure_share(tmp_path: Path, capsys) -> Non
     assert json.loads((out / "meta.json").read_text())["content"]["structure_share"] == 0.25
     assert main([*args, "--structure-share", "-1", "--overwrite", "--quiet"]) != 0
     assert "structure share must be in [0, 1]" in capsys.readouterr().err
+
+
+def _gradient_energy(v: np.ndarray) -> float:
+    return float(np.abs(np.diff(v, axis=1)).mean() + np.abs(np.diff(v, axis=0)).mean())
+
+
+def test_soft_share_softens_views_and_zero_changes_nothing(tmp_path: Path) -> None:
+    pool = content.training_sources()
+    a, b = np.random.default_rng(4), np.random.default_rng(4)
+    assert np.array_equal(
+        content.training_view(pool, (32, 32), a),
+        content.training_view(pool, (32, 32), b, 0.6, 0.0, 0.0),
+    )
+    assert a.random() == b.random()  # no extra draw at share 0: older data sets stay bit-identical
+    rng = np.random.default_rng(9)
+    base = content.training_view(pool, (48, 48), rng)
+    rng.random()  # the share draw
+    expected = content.soft_photo(base, rng)
+    got = content.training_view(pool, (48, 48), np.random.default_rng(9), soft_share=1.0)
+    assert np.array_equal(got, expected)
+    for seed in range(12):  # softer (less gradient energy) and pale, whatever the base view
+        base = content.training_view(pool, (64, 80), np.random.default_rng([seed, 1]))
+        soft = content.soft_photo(base, np.random.default_rng([seed, 2]))
+        assert soft.shape == base.shape and soft.dtype == np.float32
+        assert soft.min() >= 0.0 and soft.max() <= 1.0
+        assert _gradient_energy(soft) < _gradient_energy(base)
+        assert 0.45 < soft.mean() < 0.95
+    meta = synth.write_allweather(
+        tmp_path / "aw", 4, 0, size_hw=(32, 32), progress=False, soft_share=0.5
+    )
+    assert meta["content"]["soft_share"] == 0.5
+    plain = synth.write_allweather(tmp_path / "plain", 2, 0, size_hw=(32, 32), progress=False)
+    assert "soft_share" not in plain["content"]
+    with pytest.raises(MofmeError, match="soft share"):
+        synth.write_allweather(tmp_path / "bad", 2, 0, progress=False, soft_share=-0.1)
+
+
+def test_synth_command_passes_the_soft_share(tmp_path: Path, capsys) -> None:
+    from mofme.cli import main
+
+    out = tmp_path / "aw"
+    args = ["synth", "allweather", "--out", str(out), "--train", "2", "--test", "0"]
+    assert main([*args, "--size", "32x32", "--soft-share", "0.3", "--quiet"]) == 0
+    assert json.loads((out / "meta.json").read_text())["content"]["soft_share"] == 0.3
+    assert main([*args, "--soft-share", "2", "--overwrite", "--quiet"]) != 0
+    assert "soft share must be in [0, 1]" in capsys.readouterr().err

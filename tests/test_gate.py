@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tiny import SCRIPTS, load_script
 
@@ -116,3 +117,28 @@ def test_lowfreq_guard_removes_a_faint_shift_and_keeps_a_strong_one():
     spot[10:13, 20:23] = 255  # a small, local change (a removed flake) passes unchanged
     out = guard_script.guard(x, spot, 32.0, 4.0).astype(np.int16)
     assert np.abs(out - spot.astype(np.int16)).max() <= 2
+
+
+class _Darken(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.5
+
+
+def test_selection_score_reports_the_worst_single_photo(tmp_path: Path):
+    from mofme.data import synth
+    from mofme.data.pairs import find_pairs
+
+    synth.write_benchmark(tmp_path / "b", n_per_set=2, size_hw=(32, 40), n_clips=0, seed=3,
+                          progress=False)  # fmt: skip
+    pairs = find_pairs(tmp_path / "b" / "images", "mofme", "test")
+    base = selection.input_psnrs(pairs)
+    same = selection.score(selection.InputAsOutput(), pairs, base)
+    assert same["clean_min"] == 100.0 and same["worst_image"] == 0.0
+    dark = selection.score(_Darken(), pairs, base)
+    # The worst photo is at least as bad as the worst set's mean, the lowest clean photo at
+    # most the clean mean, and both are real photos of the pool.
+    assert dark["worst_image"] < 0
+    assert dark["worst_image"] <= min(dark["sets"].values()) + 1e-9
+    assert dark["clean_min"] <= dark["clean"] + 1e-9
+    group, name = dark["worst_image_name"].split("/")
+    assert (tmp_path / "b" / "images" / f"test_{group}" / "input" / name).is_file()

@@ -81,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of train views showing thin near-vertical structure (plank walls, "
         "railings, shelves) that rain models must keep (default 0)",
     )
+    aw.add_argument(
+        "--soft-share",
+        type=float,
+        default=0.0,
+        help="share of train views made soft, pale and low in contrast (shallow depth of "
+        "field, pale walls and skies), which a dehazer must keep (default 0)",
+    )
     _common(aw, DEFAULT_IMAGE_SIZE)
     rv = sub.add_parser(
         "rvsd",
@@ -162,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             n_test=args.test,
             types=args.types,
             structure_share=args.structure_share,
+            soft_share=args.soft_share,
             **common,
             **_share(args),
         )

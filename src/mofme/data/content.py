@@ -296,6 +296,49 @@ def _camera(img: np.ndarray, rng: np.random.Generator, max_defocus: float) -> np
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
+def soft_photo(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A soft, bright, low-contrast photograph made from a clean view ``base`` ``(H, W, 3)``
+    float32: a macro shot with shallow depth of field, a misty-looking but clean scene, a pale
+    wall or sky. -> float32 ``(H, W, 3)`` in [0, 1].
+
+    Such photos are what a dehazer mistakes for haze (the bundled stage-10 model darkens and
+    recolours them, by up to 11 dB on a pale wood macro with a few drops on it); shown clean,
+    and under rain, drops and snow with the softness kept in the target, they teach that a pale
+    soft photo is content. Parts, each drawn at random: a defocus of part of the frame (a
+    smooth depth-of-field mask) or of all of it, a contrast compressed towards a bright tone,
+    a flat colour field with a gentle gradient in place of the scene (a fifth of the time),
+    and fine grain.
+    """
+    from mofme.data.weather.common import gaussian_blur
+
+    h, w = base.shape[:2]
+    side = min(h, w)
+    img = np.asarray(base, dtype=np.float32)
+    if rng.random() < 0.2:  # a flat field: wall, sky, paper, a blurred backdrop
+        top, bottom = _random_colour(rng), _random_colour(rng)
+        t = np.clip(0.5 + 0.5 * _pink_noise(h, w, rng, 2.5) * rng.uniform(0.3, 1.0), 0, 1)
+        img = top * (1.0 - t[..., None]) + bottom * t[..., None]
+        img = img + 0.02 * rng.uniform(0.0, 1.0) * _pink_noise(h, w, rng, 1.0)[..., None]
+    sigma = side * rng.uniform(0.01, 0.05)
+    blurred = gaussian_blur(img, sigma)
+    if rng.random() < 0.6:  # shallow depth of field: one region sharp, the rest soft
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / side
+        cy, cx = rng.uniform(0.2, 0.8) * h / side, rng.uniform(0.2, 0.8) * w / side
+        d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) + 0.08 * _pink_noise(h, w, rng, 2.5)
+        r = rng.uniform(0.1, 0.4)
+        k = np.clip((d - r) / rng.uniform(0.1, 0.3), 0.0, 1.0)[..., None]
+        img = img * (1.0 - k) + blurred * k
+    else:
+        img = blurred
+    # Contrast towards a bright tone (a pale, soft look), per channel mean kept in hue.
+    tone = rng.uniform(0.55, 0.9)
+    mean = img.mean(axis=(0, 1), keepdims=True)
+    lift = tone / max(float(mean.mean()), 1e-3)
+    img = mean * lift + rng.uniform(0.25, 0.7) * (img - mean)
+    img = img + rng.normal(0.0, rng.uniform(0.0, 0.01), img.shape).astype(np.float32)
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
 def planks(size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Thin near-vertical structure, float32 ``(H, W, 3)`` in [0, 1]: boards with dark joints
     (a plank wall, a fence) or bars with gaps (railings, shelving, blinds), with vertical grain,
@@ -446,17 +489,23 @@ def training_view(
     rng: np.random.Generator,
     leaves_share: float = LEAVES_SHARE,
     structure_share: float = 0.0,
+    soft_share: float = 0.0,
 ) -> np.ndarray:
     """A clean training view ``(h, w, 3)`` float32: :func:`planks` (``structure_share``), dead
-    leaves (``leaves_share`` of the rest) or a random view of a pool photo."""
-    # No draw when the share is 0, so data written without structure stays bit-identical.
+    leaves (``leaves_share`` of the rest) or a random view of a pool photo; ``soft_share`` of
+    the views are then made soft, pale and low in contrast (:func:`soft_photo`)."""
+    # No draw when a share is 0, so data written without the option stays bit-identical.
     if structure_share > 0 and rng.random() < structure_share:
-        return planks(size_hw, rng)
-    if not pool or rng.random() < leaves_share:
-        return dead_leaves(size_hw, rng)
-    src = pool[int(rng.integers(len(pool)))]
-    view = random_view(src.image, size_hw, rng)
-    return colour_cast(view, rng) if src.grey else view
+        view = planks(size_hw, rng)
+    elif not pool or rng.random() < leaves_share:
+        view = dead_leaves(size_hw, rng)
+    else:
+        src = pool[int(rng.integers(len(pool)))]
+        view = random_view(src.image, size_hw, rng)
+        view = colour_cast(view, rng) if src.grey else view
+    if soft_share > 0 and rng.random() < soft_share:
+        view = soft_photo(view, rng)
+    return view
 
 
 def random_view(img: np.ndarray, size_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

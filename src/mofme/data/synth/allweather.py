@@ -63,6 +63,7 @@ def write_allweather(
     identity_share: float = IDENTITY_SHARE,
     types: str | None = None,
     structure_share: float = 0.0,
+    soft_share: float = 0.0,
 ) -> dict[str, Any]:
     """Write a synthetic Allweather dataset in both the MoFME and TransWeather layouts.
 
@@ -80,7 +81,9 @@ def write_allweather(
     training mix, for a specialist or a mix weighted toward the types a model is weak at; the
     test splits do not change. ``structure_share`` of the training views are thin near-vertical
     structure (:func:`~mofme.data.content.planks`: plank walls, railings, shelves), which a rain
-    model must learn to keep; 0 (the default) writes the same data as before the option existed.
+    model must learn to keep; ``soft_share`` of them are made soft, pale and low in contrast
+    (:func:`~mofme.data.content.soft_photo`: what a dehazer mistakes for haze). 0 (the default
+    of both) writes the same data as before the options existed.
 
     TransWeather layout: list files ``out/allweather.txt``, ``test1.txt``,
     ``raindroptesta.txt``, ``snowtest100k_L.txt``, ``hazetest.txt`` with one path per line
@@ -101,6 +104,8 @@ def write_allweather(
         raise MofmeError(f"the identity share must be in [0, 1], got {identity_share}")
     if not 0.0 <= structure_share <= 1.0:
         raise MofmeError(f"the structure share must be in [0, 1], got {structure_share}")
+    if not 0.0 <= soft_share <= 1.0:
+        raise MofmeError(f"the soft share must be in [0, 1], got {soft_share}")
     cycle = parse_type_mix(types)
     managed = [
         "train",
@@ -124,7 +129,7 @@ def write_allweather(
         name = f"{i:05d}_{weather}.png"
         jobs.append(
             ImageJob(str(out), "train", i, 0, weather, name, name, seed, size_hw,
-                     structure_share=structure_share)
+                     structure_share=structure_share, soft_share=soft_share)
         )  # fmt: skip
     for split in TEST_SPLITS:
         for i in range(n_test):
@@ -186,5 +191,7 @@ def write_allweather(
     }
     if structure_share > 0:  # recorded only when used: older meta.json files stay as they were
         meta["content"]["structure_share"] = structure_share
+    if soft_share > 0:
+        meta["content"]["soft_share"] = soft_share
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
     return meta

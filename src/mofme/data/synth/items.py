@@ -151,6 +151,7 @@ class ImageJob:
     jitter: bool = True  # render-scale and particle-scale jitter, random weakening of light items
     leaves_share: float = LEAVES_SHARE
     structure_share: float = 0.0  # share of views of thin vertical structure (planks, railings)
+    soft_share: float = 0.0  # share of views made soft, pale and low in contrast (soft_photo)
 
 
 def image_job(job: ImageJob) -> dict[str, Any]:
@@ -163,7 +164,9 @@ def image_job(job: ImageJob) -> dict[str, Any]:
         view = _draw_view(rng)
     else:
         render_hw, view = (h, w), 1.0
-    clean = training_view(worker_sources(), render_hw, rng, job.leaves_share, job.structure_share)
+    clean = training_view(
+        worker_sources(), render_hw, rng, job.leaves_share, job.structure_share, job.soft_share
+    )
     look = item_look(job.seed, job.stream, job.index, job.jitter)
     if look is not None:
         clean = look.apply(clean)
