@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from mofme.checkpoint import load
+from mofme.data.io import read_image, to_uint8
 from mofme.data.pairs import find_pairs
 from mofme.data.synth.items import psnr_u8
 from mofme.data.weather.common import gaussian_blur
@@ -44,9 +44,8 @@ def guard(inp: np.ndarray, restored: np.ndarray, sigma: float | str, t: float) -
     return np.clip(np.rint(x + c - low + shrunk), 0, 255).astype(np.uint8)
 
 
-def _read(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+def _u8(path: Path) -> np.ndarray:
+    return to_uint8(read_image(path))
 
 
 def main() -> None:
@@ -62,8 +61,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         evaluate_images(load(args.ckpt), pairs, save_dir=tmp, progress=False, flops_size=None)
         for p in pairs:
-            x, y = _read(p.input), _read(p.gt)
-            z = _read(Path(tmp) / p.group / f"{p.input.stem}.png")
+            x, y = _u8(p.input), _u8(p.gt)
+            z = _u8(Path(tmp) / p.group / f"{p.input.stem}.png")
             inputs.setdefault(p.group, []).append(psnr_u8(x, y))
             outs = [z, *(guard(x, z, s, t) for s, t in VARIANTS)]
             for name, out in zip(names, outs):

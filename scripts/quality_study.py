@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from mofme.checkpoint import load
+from mofme.data.io import read_image, to_tensor
 from mofme.data.pairs import find_pairs, find_videos
 from mofme.evaluate import InputAsOutput, evaluate_images, evaluate_videos
 from mofme.inference.policy import auto_tile
@@ -41,13 +42,6 @@ from mofme.weights import bundled_path
 
 def _rows(result: Any) -> dict[str, dict[str, float]]:
     return {r["name"]: r for r in result.rows}
-
-
-def _read(path: Path) -> torch.Tensor:
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(
-            2, 0, 1
-        )
 
 
 def _fmt(v: float | None) -> str:
@@ -75,7 +69,7 @@ def side_by_side(paths: list[Path], dest: Path, crop: int = 256) -> None:
 def image_study(ckpt: str, bench: Path, pictures: Path | None = None) -> dict[str, Any]:
     model = load(ckpt)
     pairs = find_pairs(bench / "images", "mofme", "test")
-    h, w = _read(pairs[0].input).shape[-2:]
+    h, w = read_image(pairs[0].input).shape[:2]
     tile = auto_tile(model, h, w)
     base = _rows(evaluate_images(InputAsOutput(), pairs, progress=False, flops_size=None))
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,8 +81,8 @@ def image_study(ckpt: str, bench: Path, pictures: Path | None = None) -> dict[st
         for p in pairs:
             if p.group != "clean":
                 continue
-            restored = _read(Path(tmp) / p.group / f"{p.input.stem}.png")
-            clean = _read(p.gt)
+            restored = to_tensor(read_image(Path(tmp) / p.group / f"{p.input.stem}.png"))
+            clean = to_tensor(read_image(p.gt))
             grids.append(grid_ratio(restored))
             flat.append(grid_ratio(restored, flat_of=clean))
             ref_grid = grid_ratio(clean)
