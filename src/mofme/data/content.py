@@ -330,7 +330,7 @@ def soft_photo(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         img = img * (1.0 - k) + blurred * k
     else:
         img = blurred
-    # Contrast towards a bright tone (a pale, soft look), per channel mean kept in hue.
+    # Lift the mean colour to a bright tone (its hue kept) and compress the contrast around it.
     tone = rng.uniform(0.55, 0.9)
     mean = img.mean(axis=(0, 1), keepdims=True)
     lift = tone / max(float(mean.mean()), 1e-3)
