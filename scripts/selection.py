@@ -64,6 +64,8 @@ worst photo under weather (the stage's aim is the bundled model's worst photos: 
 first, then the gate (``scripts/quality_study.py`` on the bundled file, ``scripts/gate.py``
 against the bundled model), once, the eighth check of the held-out photos; if the pick is the
 bundled model, nothing is checked and nothing changes.
+The pick (the identity-0.1 soup, medium +1.50 dB on the pool against +0.89) went through bundle.py
+(256-pixel tiles) and failed the gate's light line (worst light -0.25 dB, lens drops): not shipped.
 
     python scripts/selection.py --out data/valsel_look --report docs/results/selection \
         runs/stage1/image.safetensors runs/soup_0.9/model_last.safetensors ...
